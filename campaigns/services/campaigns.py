@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from django.db import transaction
+from django.utils import timezone
+
+from campaigns.exceptions import CampaignNotSendable
+from campaigns.models import Campaign
+from campaigns.services.fanout import audience_count, audience_materialize
+from delivery.models import Mailing
+from delivery.rendering import template_check
+from delivery.selectors import mailing_has_pending
+from delivery.services import mailing_cancel, mailing_create
+from delivery.tasks import mailing_send_start
+
+logger = logging.getLogger(__name__)
+
+
+def _check_sendable(campaign: Campaign) -> None:
+    """Every reason a campaign cannot go out, said plainly, before anything is changed."""
+    if campaign.status != Campaign.Status.DRAFT:
+        raise CampaignNotSendable(
+            f"Campaign '{campaign.name}' is {campaign.get_status_display().lower()}; only a draft can be sent "
+            "or scheduled."
+        )
+    if campaign.template_id is None:
+        raise CampaignNotSendable(f"Campaign '{campaign.name}' has no template.", {"field": "template"})
+    for part in ("subject", "html", "text"):
+        template_check(getattr(campaign.template, part), part=part)
+    if not campaign.from_email:
+        raise CampaignNotSendable(f"Campaign '{campaign.name}' has no sender address.", {"field": "from_email"})
+    list_ids = list(campaign.lists.values_list("pk", flat=True))
+    if not list_ids:
+        raise CampaignNotSendable(f"Campaign '{campaign.name}' targets no list.", {"field": "lists"})
+    if audience_count(list_ids=list_ids) == 0:
+        raise CampaignNotSendable(
+            f"Campaign '{campaign.name}' has no recipients: its lists have no active, unsuppressed subscriber.",
+            {"field": "lists"},
+        )
+
+
+def _locked(campaign: Campaign) -> Campaign:
+    return Campaign.objects.select_for_update(of=("self",)).select_related("template").get(pk=campaign.pk)
+
+
+@transaction.atomic
+def campaign_schedule(*, campaign: Campaign, at: datetime) -> Campaign:
+    """Schedule a draft for `at`. A time in the past is refused rather than silently sent now."""
+    campaign = _locked(campaign)
+    if at is None or timezone.is_naive(at):
+        raise CampaignNotSendable("A schedule needs a date and time with a time zone.", {"field": "scheduled_at"})
+    if at <= timezone.now():
+        raise CampaignNotSendable(
+            f"The schedule {at.isoformat()} is in the past; pick a future time or send now.",
+            {"field": "scheduled_at"},
+        )
+    _check_sendable(campaign)
+    campaign.status = Campaign.Status.SCHEDULED
+    campaign.scheduled_at = at
+    campaign.save(update_fields=["status", "scheduled_at", "updated_at"])
+    return campaign
+
+
+@transaction.atomic
+def campaign_send(*, campaign: Campaign) -> Campaign:
+    """Send now: the same path as a schedule that is already due; the audience is built right away."""
+    campaign = _locked(campaign)
+    _check_sendable(campaign)
+    campaign.status = Campaign.Status.SCHEDULED
+    campaign.scheduled_at = timezone.now()
+    campaign.save(update_fields=["status", "scheduled_at", "updated_at"])
+    return campaign_start(campaign=campaign)
+
+
+@transaction.atomic
+def campaign_start(*, campaign: Campaign) -> Campaign:
+    """Freeze the content into a Mailing, build the audience, start sending. Running it twice is a no-op."""
+    campaign = _locked(campaign)
+    if campaign.status != Campaign.Status.SCHEDULED:
+        return campaign
+    template = campaign.template
+    list_ids = list(campaign.lists.values_list("pk", flat=True))
+    mailing = mailing_create(
+        kind=Mailing.Kind.CAMPAIGN,
+        name=campaign.name,
+        subject_template=template.subject,
+        html_template=template.html,
+        text_template=template.text,
+        from_email=campaign.from_email,
+        reply_to=campaign.reply_to,
+        provider=campaign.provider,
+        list_id=f"<campaign-{campaign.pk}.mailer>",
+        owner_data={"campaign_id": campaign.pk, "list_ids": list_ids},
+    )
+    count = audience_materialize(mailing=mailing, list_ids=list_ids)
+    campaign.mailing = mailing
+    campaign.status = Campaign.Status.SENDING
+    campaign.started_at = timezone.now()
+    campaign.save(update_fields=["mailing", "status", "started_at", "updated_at"])
+    logger.info("campaign %s started: %s messages", campaign.pk, count)
+    mailing_send_start(mailing.pk)
+    return campaign
+
+
+@transaction.atomic
+def campaign_cancel(*, campaign: Campaign) -> Campaign:
+    campaign = _locked(campaign)
+    if campaign.status not in (Campaign.Status.DRAFT, Campaign.Status.SCHEDULED, Campaign.Status.SENDING):
+        raise CampaignNotSendable(f"Campaign '{campaign.name}' is {campaign.status} and cannot be cancelled.")
+    if campaign.mailing_id:
+        mailing_cancel(mailing=campaign.mailing)
+    campaign.status = Campaign.Status.CANCELLED
+    campaign.finished_at = timezone.now()
+    campaign.save(update_fields=["status", "finished_at", "updated_at"])
+    return campaign
+
+
+def campaigns_dispatch_due() -> dict[str, int]:
+    """Start the campaigns whose time has come, and close the ones with nothing left to send."""
+    started = finished = 0
+    due = Campaign.objects.filter(status=Campaign.Status.SCHEDULED, scheduled_at__lte=timezone.now())
+    for campaign in due.order_by("scheduled_at")[:20]:
+        campaign_start(campaign=campaign)
+        started += 1
+    for campaign in Campaign.objects.filter(status=Campaign.Status.SENDING).exclude(mailing=None):
+        if not mailing_has_pending(mailing_id=campaign.mailing_id):
+            updated = Campaign.objects.filter(pk=campaign.pk, status=Campaign.Status.SENDING).update(
+                status=Campaign.Status.SENT, finished_at=timezone.now()
+            )
+            finished += updated
+    return {"started": started, "finished": finished}

@@ -1,0 +1,170 @@
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from campaigns.exceptions import CampaignNotSendable
+from campaigns.models import Campaign
+from campaigns.services import (
+    audience_materialize,
+    campaign_cancel,
+    campaign_schedule,
+    campaign_send,
+    campaigns_dispatch_due,
+)
+from delivery.models import Message
+from delivery.services import mailing_create
+from subscribers.models import Subscriber, Subscription
+from tests.factories import (
+    CampaignFactory,
+    MailingListFactory,
+    SubscriberFactory,
+    SubscriptionFactory,
+    SuppressionFactory,
+)
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def audience():
+    """Two lists; five people of whom exactly two may receive mail."""
+    news, other = MailingListFactory(), MailingListFactory()
+    ok = SubscriptionFactory(mailing_list=news, subscriber=SubscriberFactory(attributes={"city": "Oslo"}))
+    on_both = SubscriptionFactory(mailing_list=news)
+    SubscriptionFactory(mailing_list=other, subscriber=on_both.subscriber)
+    SubscriptionFactory(mailing_list=news, status=Subscription.Status.UNSUBSCRIBED)
+    SubscriptionFactory(mailing_list=news, subscriber=SubscriberFactory(status=Subscriber.Status.CLEANED))
+    suppressed = SubscriptionFactory(mailing_list=news)
+    SuppressionFactory(email=suppressed.subscriber.email)
+    return {"lists": [news, other], "recipients": {ok.subscriber.email, on_both.subscriber.email}, "ok": ok}
+
+
+def test_fan_out_creates_one_message_per_eligible_recipient_once(audience):
+    mailing = mailing_create(subject_template="s", html_template="h", text_template="t", from_email="a@b.example")
+    list_ids = [lst.pk for lst in audience["lists"]]
+
+    first = audience_materialize(mailing=mailing, list_ids=list_ids)
+    second = audience_materialize(mailing=mailing, list_ids=list_ids)
+
+    assert first == 2
+    assert second == 0
+    assert set(Message.objects.values_list("to_email", flat=True)) == audience["recipients"]
+    message = Message.objects.get(to_email=audience["ok"].subscriber.email)
+    assert message.context == {
+        "email": audience["ok"].subscriber.email,
+        "name": audience["ok"].subscriber.name,
+        "attributes": {"city": "Oslo"},
+    }
+    assert message.status == Message.Status.QUEUED
+
+
+def test_send_now_freezes_the_content_and_builds_the_audience(audience, django_capture_on_commit_callbacks):
+    campaign = CampaignFactory()
+    campaign.lists.set(audience["lists"])
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        campaign = campaign_send(campaign=campaign)
+
+    assert campaign.status == Campaign.Status.SENDING
+    assert campaign.mailing.subject_template == campaign.template.subject
+    assert campaign.mailing.owner_data == {
+        "campaign_id": campaign.pk,
+        "list_ids": [lst.pk for lst in audience["lists"]],
+    }
+    assert campaign.mailing.messages.count() == 2
+    assert len(callbacks) == 1  # the sending tasks are started once the transaction commits
+
+    campaign.template.subject = "Changed"
+    campaign.template.save()
+    campaign.mailing.refresh_from_db()
+    assert campaign.mailing.subject_template == "Hello {{ name }}"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"template": None}, "has no template"),
+        ({"lists": []}, "targets no list"),
+        ({"from_email": ""}, "has no sender address"),
+    ],
+)
+def test_a_campaign_that_cannot_go_out_says_why_and_stays_a_draft(audience, change, message):
+    campaign = CampaignFactory()
+    campaign.lists.set(change.pop("lists", audience["lists"]))
+    for field, value in change.items():
+        setattr(campaign, field, value)
+    campaign.save()
+
+    with pytest.raises(CampaignNotSendable, match=message):
+        campaign_send(campaign=campaign)
+
+    campaign.refresh_from_db()
+    assert campaign.status == Campaign.Status.DRAFT
+    assert campaign.mailing is None
+    assert not Message.objects.exists()
+
+
+def test_a_campaign_without_recipients_is_refused():
+    campaign = CampaignFactory()
+    empty = MailingListFactory()
+    SubscriptionFactory(mailing_list=empty, status=Subscription.Status.UNSUBSCRIBED)
+    campaign.lists.set([empty])
+
+    with pytest.raises(CampaignNotSendable, match="has no recipients"):
+        campaign_send(campaign=campaign)
+
+
+def test_a_schedule_in_the_past_is_refused(audience):
+    campaign = CampaignFactory()
+    campaign.lists.set(audience["lists"])
+
+    with pytest.raises(CampaignNotSendable, match="is in the past"):
+        campaign_schedule(campaign=campaign, at=timezone.now() - timedelta(minutes=1))
+
+    campaign.refresh_from_db()
+    assert campaign.status == Campaign.Status.DRAFT
+
+
+def test_a_scheduled_campaign_starts_when_due_and_only_once(audience, django_capture_on_commit_callbacks):
+    campaign = CampaignFactory()
+    campaign.lists.set(audience["lists"])
+    campaign_schedule(campaign=campaign, at=timezone.now() + timedelta(hours=1))
+
+    assert campaigns_dispatch_due() == {"started": 0, "finished": 0}
+
+    Campaign.objects.filter(pk=campaign.pk).update(scheduled_at=timezone.now() - timedelta(seconds=1))
+    with django_capture_on_commit_callbacks():
+        assert campaigns_dispatch_due()["started"] == 1
+        assert campaigns_dispatch_due()["started"] == 0
+
+    campaign.refresh_from_db()
+    assert campaign.status == Campaign.Status.SENDING
+    assert campaign.mailing.messages.count() == 2
+
+
+def test_a_sending_campaign_is_marked_sent_when_nothing_is_pending(audience, django_capture_on_commit_callbacks):
+    campaign = CampaignFactory()
+    campaign.lists.set(audience["lists"])
+    with django_capture_on_commit_callbacks():
+        campaign = campaign_send(campaign=campaign)
+    campaign.mailing.messages.update(status=Message.Status.SENT)
+
+    assert campaigns_dispatch_due()["finished"] == 1
+
+    campaign.refresh_from_db()
+    assert campaign.status == Campaign.Status.SENT
+    assert campaign.finished_at is not None
+
+
+def test_cancel_stops_queued_messages(audience, django_capture_on_commit_callbacks):
+    campaign = CampaignFactory()
+    campaign.lists.set(audience["lists"])
+    with django_capture_on_commit_callbacks():
+        campaign = campaign_send(campaign=campaign)
+
+    campaign_cancel(campaign=campaign)
+
+    assert set(campaign.mailing.messages.values_list("status", flat=True)) == {Message.Status.CANCELLED}
+    with pytest.raises(CampaignNotSendable):
+        campaign_send(campaign=campaign)

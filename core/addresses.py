@@ -1,0 +1,37 @@
+"""Email address normalization shared by every app: one spelling per mailbox."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+from django.core.validators import EmailValidator
+
+from core.exceptions import ApplicationError
+
+_validator = EmailValidator()
+
+
+class InvalidEmailAddress(ApplicationError):
+    code = "invalid_email"
+
+
+def normalize_email(address: str) -> str:
+    """Trim and lower-case the whole address.
+
+    Strictly the local part is case-sensitive, but no mailbox provider treats it so, and two spellings of one
+    address must never become two subscribers (or slip past a suppression).
+    """
+    return (address or "").strip().lower()
+
+
+def email_clean(address: str) -> str:
+    """Normalize and validate an address, or raise InvalidEmailAddress naming it."""
+    normalized = normalize_email(address)
+    try:
+        _validator(normalized)
+    except ValidationError as exc:
+        raise InvalidEmailAddress(f"{address!r} is not a valid email address.", {"email": address}) from exc
+    return normalized
+
+
+def email_domain(address: str) -> str:
+    return address.rpartition("@")[2]

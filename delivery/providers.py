@@ -1,0 +1,82 @@
+"""Provider kinds mapped to Django email backends, and how their errors are classified.
+
+The vendor differences live in lookup tables here, so the sending flow is written once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+import requests
+from anymail.exceptions import AnymailAPIError, AnymailRecipientsRefused, AnymailRequestsAPIError
+from django.conf import settings
+from django.core.mail import get_connection
+from django.core.mail.backends.base import BaseEmailBackend
+
+from delivery.models import Provider
+
+BACKENDS: dict[str, str] = {
+    Provider.Kind.SENDGRID: "anymail.backends.sendgrid.EmailBackend",
+    Provider.Kind.POSTMARK: "anymail.backends.postmark.EmailBackend",
+    Provider.Kind.AMAZON_SES: "anymail.backends.amazon_ses.EmailBackend",
+    Provider.Kind.SMTP: "django.core.mail.backends.smtp.EmailBackend",
+}
+
+# SES error codes (botocore ClientError) worth another try later; everything else is the request's fault.
+SES_RETRYABLE_CODES = {
+    "TooManyRequestsException",
+    "Throttling",
+    "ThrottlingException",
+    "ServiceUnavailable",
+    "InternalFailure",
+    "LimitExceededException",
+}
+
+
+def provider_connection(provider: Provider) -> BaseEmailBackend:
+    """A new backend instance for one chunk: backends are not thread-safe, so never share one."""
+    kwargs: dict[str, object] = {}
+    if provider.kind == Provider.Kind.SMTP:
+        url = urlsplit(settings.SMTP_URL)
+        kwargs = {
+            "host": url.hostname or "127.0.0.1",
+            "port": url.port or 25,
+            "username": unquote(url.username or ""),
+            "password": unquote(url.password or ""),
+            "use_tls": url.scheme == "smtp+tls",
+            "use_ssl": url.scheme == "smtps",
+            "timeout": 30,
+        }
+    return get_connection(BACKENDS[provider.kind], **kwargs)
+
+
+@dataclass(frozen=True)
+class SendError:
+    retryable: bool
+    reason: str
+
+
+def send_error_classify(exc: Exception) -> SendError:
+    """Retry only what can recover (network, timeouts, 5xx, 429, throttling); the rest fails for good."""
+    text = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else exc.__class__.__name__
+    if isinstance(exc, AnymailRecipientsRefused):
+        return SendError(False, f"recipient refused: {text}")
+    if isinstance(exc, AnymailRequestsAPIError):
+        status = exc.status_code
+        if status is None or status == 429 or status >= 500:
+            return SendError(True, f"HTTP {status or 'network error'}: {text}")
+        return SendError(False, f"HTTP {status}: {text}")
+    if isinstance(exc, AnymailAPIError):
+        cause = exc.__cause__
+        response = getattr(cause, "response", None)
+        if isinstance(response, dict):
+            code = response.get("Error", {}).get("Code", "")
+            http_status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            retryable = code in SES_RETRYABLE_CODES or http_status == 429 or http_status >= 500
+            return SendError(retryable, f"{code or 'error'}: {text}")
+        # botocore connection errors and the like carry no response.
+        return SendError(cause is not None, text)
+    if isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError, OSError)):
+        return SendError(True, f"network error: {text}")
+    return SendError(False, text)

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from delivery.models import Mailing, Message, Provider
+
+# How far along a message is. A status only moves to a higher rank, so a late `delivered` never
+# overwrites a bounce or a complaint.
+STATUS_RANK: dict[str, int] = {
+    Message.Status.QUEUED: 0,
+    Message.Status.SENDING: 1,
+    Message.Status.FAILED: 2,
+    Message.Status.CANCELLED: 2,
+    Message.Status.SENT: 3,
+    Message.Status.DELIVERED: 4,
+    Message.Status.BOUNCED: 5,
+    Message.Status.COMPLAINED: 6,
+    Message.Status.SUPPRESSED: 7,
+}
+
+
+def mailing_create(
+    *,
+    subject_template: str,
+    html_template: str,
+    text_template: str,
+    from_email: str,
+    kind: str = Mailing.Kind.CAMPAIGN,
+    name: str = "",
+    reply_to: str = "",
+    headers: dict[str, str] | None = None,
+    provider: Provider | None = None,
+    list_id: str = "",
+    owner_data: dict[str, Any] | None = None,
+) -> Mailing:
+    return Mailing.objects.create(
+        kind=kind,
+        name=name,
+        subject_template=subject_template,
+        html_template=html_template,
+        text_template=text_template,
+        from_email=from_email,
+        reply_to=reply_to,
+        headers=headers or {},
+        provider=provider,
+        list_id=list_id,
+        owner_data=owner_data or {},
+    )
+
+
+def message_status_apply(*, message: Message, status: str, occurred_at: datetime, error: str = "") -> bool:
+    """Move a message forward to `status` and stamp when it happened. Returns whether anything changed.
+
+    Opens and clicks are not statuses: they only stamp their first time.
+    """
+    fields: list[str] = []
+    if status == "opened" or status == "clicked":
+        stamp = "opened_at" if status == "opened" else "clicked_at"
+        if getattr(message, stamp) is None:
+            setattr(message, stamp, occurred_at)
+            fields.append(stamp)
+    elif STATUS_RANK.get(status, -1) > STATUS_RANK.get(message.status, -1):
+        message.status = status
+        fields.append("status")
+        if status == Message.Status.DELIVERED and message.delivered_at is None:
+            message.delivered_at = occurred_at
+            fields.append("delivered_at")
+        if error:
+            message.last_error = error[:2000]
+            fields.append("last_error")
+    if fields:
+        message.save(update_fields=[*fields, "updated_at"])
+    return bool(fields)
+
+
+def mailing_cancel(*, mailing: Mailing) -> int:
+    """Stop a mailing: messages not yet handed to a worker end `cancelled`; a chunk in flight finishes."""
+    return Message.objects.filter(mailing=mailing, status=Message.Status.QUEUED).update(
+        status=Message.Status.CANCELLED, last_error="mailing cancelled"
+    )

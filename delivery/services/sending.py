@@ -1,0 +1,263 @@
+"""Sending: claim a chunk, render, send through one reused provider connection, record every outcome.
+
+The order of steps is what keeps the promise "no message is lost, and a message is sent twice only if a
+worker died during its very API call":
+1. claim (one short transaction): queued -> sending with a lease;
+2. ESP calls, outside any transaction;
+3. record (one short transaction), only for rows still `sending`.
+A worker that dies between 1 and 3 leaves `sending` rows whose lease expires; messages_reclaim_expired puts
+them back in the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from datetime import timedelta
+from email.utils import make_msgid
+from urllib.parse import quote
+
+from django.conf import settings
+from django.core.mail import EmailMultiAlternatives
+from django.db import connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.html import strip_tags
+
+from core.addresses import email_domain
+from delivery.exceptions import TemplateRenderFailed
+from delivery.models import Mailing, Message, Provider, Suppression
+from delivery.providers import provider_connection, send_error_classify
+from delivery.rendering import compiled_mailing
+from delivery.unsubscribe import unsubscribe_token_make, unsubscribe_url
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ChunkResult:
+    claimed: int = 0
+    sent: int = 0
+    suppressed: int = 0
+    failed: int = 0
+    retrying: int = 0
+    released: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def _due_queued(mailing_id: int):
+    now = timezone.now()
+    return Message.objects.filter(mailing_id=mailing_id, status=Message.Status.QUEUED).filter(
+        Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
+    )
+
+
+def messages_claim(*, mailing_id: int, limit: int) -> list[Message]:
+    """Take up to `limit` due messages for this worker: queued -> sending, with a lease.
+
+    PostgreSQL skips rows another worker has locked; SQLite has no row locks, but its IMMEDIATE transactions
+    run one at a time, and the status filter on the UPDATE keeps a row from being claimed twice either way.
+    """
+    lease = timezone.now() + timedelta(seconds=settings.MAILER_LEASE_SECONDS)
+    with transaction.atomic():
+        query = _due_queued(mailing_id).order_by("pk")
+        if connection.features.has_select_for_update_skip_locked:
+            query = query.select_for_update(skip_locked=True)
+        ids = list(query.values_list("pk", flat=True)[:limit])
+        if not ids:
+            return []
+        Message.objects.filter(pk__in=ids, status=Message.Status.QUEUED).update(
+            status=Message.Status.SENDING, lease_expires_at=lease
+        )
+    return list(Message.objects.filter(pk__in=ids, status=Message.Status.SENDING).order_by("pk"))
+
+
+def mailing_provider(mailing: Mailing) -> Provider | None:
+    if mailing.provider_id and mailing.provider.is_enabled:
+        return mailing.provider
+    return Provider.objects.filter(is_enabled=True).order_by("priority", "pk").first()
+
+
+def _headers(mailing: Mailing, message: Message) -> dict[str, str]:
+    headers = {str(k): str(v) for k, v in (mailing.headers or {}).items()}
+    domain = email_domain(_address_only(mailing.from_email)) or "localhost"
+    headers["Message-ID"] = make_msgid(idstring=f"m{message.pk}", domain=domain)
+    if mailing.is_bulk:
+        token = unsubscribe_token_make(message.pk)
+        mailto = settings.MAILER_UNSUBSCRIBE_MAILTO or f"unsubscribe@{domain}"
+        headers["List-Unsubscribe"] = (
+            f"<{unsubscribe_url(message.pk)}>, <mailto:{mailto}?subject={quote('unsubscribe ' + token)}>"
+        )
+        headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        headers["Precedence"] = "bulk"
+        if mailing.list_id:
+            headers["List-Id"] = mailing.list_id
+    return headers
+
+
+def _address_only(value: str) -> str:
+    from email.utils import parseaddr
+
+    return parseaddr(value)[1]
+
+
+def message_build(mailing: Mailing, message: Message) -> EmailMultiAlternatives:
+    """Render one message from the Mailing's compiled templates and the Message's own context."""
+    compiled = compiled_mailing(mailing.pk, mailing.subject_template, mailing.html_template, mailing.text_template)
+    context = dict(message.context or {})
+    context.setdefault("email", message.to_email)
+    context.setdefault("subscriber", dict(context))
+    if mailing.is_bulk:
+        context["unsubscribe_url"] = unsubscribe_url(message.pk)
+    rendered = compiled.render(context)
+    text = rendered.text or (strip_tags(rendered.html).strip() if rendered.html else "")
+    email = EmailMultiAlternatives(
+        subject=rendered.subject,
+        body=text,
+        from_email=mailing.from_email,
+        to=[message.to_email],
+        reply_to=[mailing.reply_to] if mailing.reply_to else None,
+        headers=_headers(mailing, message),
+    )
+    if rendered.html:
+        email.attach_alternative(rendered.html, "text/html")
+    # Our own id travels with the message, so a webhook finds it whatever id the ESP gave it.
+    email.metadata = {"mailer_msg": str(message.pk)}  # type: ignore[attr-defined]
+    return email
+
+
+def _retry_at(attempts: int) -> timezone.datetime:
+    """Exponential backoff with jitter: 30 s, 1 min, 2 min ... capped at an hour, each +-50 %."""
+    base = min(30 * (2 ** max(attempts - 1, 0)), 3600)
+    return timezone.now() + timedelta(seconds=base * random.uniform(0.5, 1.5))  # noqa: S311
+
+
+def mailing_send_chunk(*, mailing_id: int, chunk_size: int | None = None) -> ChunkResult:
+    """Send one chunk of a mailing's due messages. Safe to run in many workers at once."""
+    result = ChunkResult()
+    messages = messages_claim(mailing_id=mailing_id, limit=chunk_size or settings.MAILER_CHUNK_SIZE)
+    result.claimed = len(messages)
+    if not messages:
+        return result
+    mailing = Mailing.objects.select_related("provider").get(pk=mailing_id)
+
+    # The suppression list is checked after the claim, as close to the send as it can be.
+    suppressed = set(
+        Suppression.objects.filter(email__in=[m.to_email for m in messages]).values_list("email", flat=True)
+    )
+    now = timezone.now()
+    done: list[Message] = []
+    to_send: list[Message] = []
+    for message in messages:
+        if message.to_email in suppressed:
+            message.status = Message.Status.SUPPRESSED
+            message.last_error = "address is on the suppression list"
+            done.append(message)
+            result.suppressed += 1
+        else:
+            to_send.append(message)
+
+    provider = mailing_provider(mailing)
+    if provider is None:
+        for message in to_send:
+            message.status = Message.Status.QUEUED
+            message.next_attempt_at = now + timedelta(minutes=1)
+            message.last_error = "no enabled provider"
+        done.extend(to_send)
+        result.released += len(to_send)
+        result.errors.append("no enabled provider")
+        _record(done)
+        return result
+
+    backend = provider_connection(provider)
+    stopped_by: str | None = None
+    with backend:
+        for message in to_send:
+            if stopped_by is not None:
+                # The provider is failing: put the rest back without spending an attempt on them.
+                message.status = Message.Status.QUEUED
+                message.next_attempt_at = _retry_at(message.attempts + 1)
+                message.last_error = f"not tried: {stopped_by}"
+                done.append(message)
+                result.released += 1
+                continue
+            message.provider = provider
+            try:
+                email = message_build(mailing, message)
+            except TemplateRenderFailed as exc:
+                message.status = Message.Status.FAILED
+                message.last_error = exc.message
+                done.append(message)
+                result.failed += 1
+                continue
+            message.attempts += 1
+            try:
+                backend.send_messages([email])
+            except Exception as exc:  # noqa: BLE001 - every failure is classified and recorded, none escapes
+                error = send_error_classify(exc)
+                message.last_error = error.reason
+                if error.retryable and message.attempts < settings.MAILER_MAX_ATTEMPTS:
+                    message.status = Message.Status.QUEUED
+                    message.next_attempt_at = _retry_at(message.attempts)
+                    result.retrying += 1
+                    stopped_by = error.reason
+                else:
+                    message.status = Message.Status.FAILED
+                    if error.retryable:
+                        message.last_error = f"gave up after {message.attempts} attempts: {error.reason}"
+                    result.failed += 1
+                result.errors.append(f"{message.to_email}: {error.reason}")
+                done.append(message)
+                continue
+            status = getattr(email, "anymail_status", None)
+            recipient = status.recipients.get(message.to_email) if status is not None else None
+            message.esp_message_id = str(recipient.message_id or "") if recipient else ""
+            message.status = Message.Status.SENT
+            message.sent_at = timezone.now()
+            message.last_error = ""
+            done.append(message)
+            result.sent += 1
+    _record(done)
+    if result.errors:
+        logger.warning("mailing %s chunk: %s", mailing_id, "; ".join(result.errors[:5]))
+    return result
+
+
+def _record(messages: list[Message]) -> None:
+    """Write outcomes back, only over rows this worker still holds (`sending`)."""
+    if not messages:
+        return
+    for message in messages:
+        message.lease_expires_at = None
+    fields = [
+        "status",
+        "provider",
+        "esp_message_id",
+        "attempts",
+        "last_error",
+        "next_attempt_at",
+        "lease_expires_at",
+        "sent_at",
+    ]
+    with transaction.atomic():
+        Message.objects.filter(status=Message.Status.SENDING).bulk_update(messages, fields, batch_size=500)
+
+
+def messages_reclaim_expired() -> int:
+    """Put `sending` rows whose worker vanished back in the queue."""
+    return Message.objects.filter(status=Message.Status.SENDING, lease_expires_at__lt=timezone.now()).update(
+        status=Message.Status.QUEUED, lease_expires_at=None, last_error="lease expired; worker lost"
+    )
+
+
+def mailings_pump() -> list[int]:
+    """Mailings with messages due now: the callers start sending tasks for them."""
+    now = timezone.now()
+    return list(
+        Message.objects.filter(status=Message.Status.QUEUED)
+        .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+        .values_list("mailing_id", flat=True)
+        .distinct()
+        .order_by("mailing_id")[:100]
+    )

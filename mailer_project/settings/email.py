@@ -1,0 +1,59 @@
+"""Email providers (anymail) and the ESP webhooks' shared secret.
+
+With nothing set, every provider points at the ESP sandbox (`manage.py run_sandbox`), so no mail leaves the
+machine. Set ESP_SANDBOX_URL to an empty value to use the real ESP endpoints.
+"""
+
+from __future__ import annotations
+
+from .base import DEBUG
+from .environment import env, require
+
+ESP_SANDBOX_URL = env.str("ESP_SANDBOX_URL", default="http://127.0.0.1:8025").rstrip("/")
+
+# "user:password", or several separated by commas while a secret is being rotated.
+_webhook_secret = require("WEBHOOK_SECRET", when_missing_ok=DEBUG, default="mailer:webhook-dev-secret")
+MAILER_WEBHOOK_SECRETS = [s.strip() for s in _webhook_secret.split(",") if s.strip()]
+
+SENDGRID_API_KEY = env.str("SENDGRID_API_KEY", default="sandbox-key")
+POSTMARK_SERVER_TOKEN = env.str("POSTMARK_SERVER_TOKEN", default="sandbox-token")
+AWS_REGION = env.str("AWS_REGION", default="us-east-1")
+
+ANYMAIL = {
+    "WEBHOOK_SECRET": MAILER_WEBHOOK_SECRETS,
+    "SENDGRID_API_KEY": SENDGRID_API_KEY,
+    "POSTMARK_SERVER_TOKEN": POSTMARK_SERVER_TOKEN,
+    # One attempt per call: retries (with backoff and failover) are the engine's decision, and botocore's own
+    # retries after an ambiguous 5xx could send a message twice.
+    "AMAZON_SES_CLIENT_PARAMS": {"region_name": AWS_REGION, "config": {"retries": {"total_max_attempts": 1}}},
+    "REQUESTS_TIMEOUT": (5, 30),
+}
+if ESP_SANDBOX_URL:
+    ANYMAIL["SENDGRID_API_URL"] = f"{ESP_SANDBOX_URL}/sendgrid/v3/"
+    ANYMAIL["POSTMARK_API_URL"] = f"{ESP_SANDBOX_URL}/postmark/"
+    ANYMAIL["AMAZON_SES_CLIENT_PARAMS"] = {
+        "region_name": AWS_REGION,
+        "endpoint_url": f"{ESP_SANDBOX_URL}/ses",
+        "aws_access_key_id": "sandbox",
+        "aws_secret_access_key": "sandbox",
+        "config": {"retries": {"total_max_attempts": 1}},
+    }
+else:
+    if env.str("SENDGRID_API_URL", default=""):
+        ANYMAIL["SENDGRID_API_URL"] = env.str("SENDGRID_API_URL")
+    if env.str("POSTMARK_API_URL", default=""):
+        ANYMAIL["POSTMARK_API_URL"] = env.str("POSTMARK_API_URL")
+
+# Django's own mail (password resets, admin errors) goes through the default provider kind.
+DEFAULT_PROVIDER_KIND = env.str("DEFAULT_PROVIDER_KIND", default="postmark")
+EMAIL_BACKEND = "anymail.backends.postmark.EmailBackend"
+SMTP_URL = env.str("SMTP_URL", default="smtp://127.0.0.1:1025")
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Mailer <mailer@example.com>")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+
+# Sending.
+MAILER_CHUNK_SIZE = env.int("MAILER_CHUNK_SIZE", default=100)
+MAILER_MAX_ATTEMPTS = env.int("MAILER_MAX_ATTEMPTS", default=5)
+MAILER_LEASE_SECONDS = env.int("MAILER_LEASE_SECONDS", default=300)
+MAILER_UNSUBSCRIBE_MAILTO = env.str("MAILER_UNSUBSCRIBE_MAILTO", default="")
+MAILER_SEND_PARALLELISM = env.int("MAILER_SEND_PARALLELISM", default=2)

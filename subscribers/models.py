@@ -1,0 +1,62 @@
+"""Who receives mail: subscribers, the lists they belong to, and their consent per list."""
+
+from __future__ import annotations
+
+from django.db import models
+
+from core.models import TimeStampedModel
+
+
+class Subscriber(TimeStampedModel):
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        UNSUBSCRIBED = "unsubscribed", "Unsubscribed from everything"
+        CLEANED = "cleaned", "Cleaned (bounced or complained)"
+
+    email = models.CharField(max_length=254, unique=True, help_text="Normalized (lower-case) address.")
+    name = models.CharField(max_length=200, blank=True)
+    attributes = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACTIVE, db_index=True)
+
+    class Meta:
+        ordering = ["email"]
+
+    def __str__(self) -> str:
+        return self.email
+
+
+class MailingList(TimeStampedModel):
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+    subscribers = models.ManyToManyField(Subscriber, through="Subscription", related_name="lists")
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Subscription(TimeStampedModel):
+    """A subscriber's consent for one list."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending confirmation"
+        ACTIVE = "active", "Subscribed"
+        UNSUBSCRIBED = "unsubscribed", "Unsubscribed"
+
+    subscriber = models.ForeignKey(Subscriber, on_delete=models.CASCADE, related_name="subscriptions")
+    mailing_list = models.ForeignKey(MailingList, on_delete=models.CASCADE, related_name="subscriptions")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACTIVE)
+    source = models.CharField(max_length=100, blank=True)
+    unsubscribed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["subscriber", "mailing_list"], name="subscription_unique_per_list"),
+        ]
+        indexes = [models.Index(fields=["mailing_list", "status"], name="subscription_list_status")]
+
+    def __str__(self) -> str:
+        return f"{self.subscriber_id} on {self.mailing_list_id}: {self.status}"
