@@ -4,6 +4,10 @@ import os
 
 os.environ.setdefault("SECRET_KEY", "test-secret-key")
 os.environ.setdefault("WEBHOOK_SECRET", "mailer:webhook-test-secret,mailer:previous-secret")
+# The tests' own broker and cache folders, so that a `make run` on the same checkout cannot take their tasks.
+_var = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "var")
+os.environ.setdefault("MAILER_BROKER_DIR", os.path.join(_var, "test-broker"))
+os.environ.setdefault("MAILER_CACHE_DIR", os.path.join(_var, "test-cache"))
 
 from mailer_project.settings import *  # noqa: E402, F403
 

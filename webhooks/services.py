@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -86,11 +87,18 @@ def esp_event_record(*, esp: str, event: AnymailTrackingEvent) -> bool:
     return new
 
 
+APPLY_REQUESTED_KEY = "webhooks:apply-requested"
+
+
 def esp_events_apply_soon() -> None:
-    """Ask a worker to apply stored events, at most about once a second however many arrive."""
+    """Ask a worker to apply stored events: one task in the queue at a time, however many events arrive.
+
+    The flag is cleared by the task before it reads (esp_events_apply_task), so an event stored after that
+    read always finds the flag gone and queues the next run: no event is left waiting for the beat.
+    """
     from webhooks.tasks import esp_events_apply_task
 
-    if cache.add("webhooks:apply-requested", 1, timeout=1):
+    if cache.add(APPLY_REQUESTED_KEY, 1, timeout=60):
         esp_events_apply_task.delay()
 
 
@@ -146,9 +154,15 @@ def esp_event_apply(event: EspEvent) -> str:
     return ", ".join(outcome) or "no change"
 
 
-def esp_events_apply(*, limit: int = 1000) -> int:
-    """Apply stored events in order of occurrence. Safe in several workers at once. Returns events applied."""
-    applied = 0
+@dataclass
+class ApplyResult:
+    applied: int = 0
+    waiting: int = 0  # events whose message's send is not recorded yet; apply again shortly
+
+
+def esp_events_apply(*, limit: int = 1000) -> ApplyResult:
+    """Apply stored events in order of occurrence. Safe in several workers at once."""
+    result = ApplyResult()
     with transaction.atomic():
         query = EspEvent.objects.filter(applied_at=None).order_by("occurred_at", "pk")
         if connection.features.has_select_for_update_skip_locked:
@@ -157,9 +171,10 @@ def esp_events_apply(*, limit: int = 1000) -> int:
         for event in query[:limit]:
             outcome = esp_event_apply(event)
             if not outcome:
+                result.waiting += 1
                 continue
             event.applied_at = now
             event.outcome = outcome[:100]
             event.save(update_fields=["applied_at", "outcome"])
-            applied += 1
-    return applied
+            result.applied += 1
+    return result

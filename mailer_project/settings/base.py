@@ -61,7 +61,8 @@ TEMPLATES = [
 ]
 
 VAR_DIR.mkdir(exist_ok=True)
-DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'mailer.sqlite3'}")}
+_database_url = env.str("DATABASE_URL", default="") or f"sqlite:///{VAR_DIR / 'mailer.sqlite3'}"
+DATABASES = {"default": env.db_url_config(_database_url)}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL keeps readers unblocked; IMMEDIATE makes every transaction take the write lock up front, which is what
     # removes "database is locked" under a web process, a worker and beat writing together.

@@ -1,0 +1,159 @@
+"""Sending through anymail's real SendGrid, Postmark and SES backends into the ESP sandbox."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from delivery.models import Message, Provider
+from delivery.services import mailing_send_chunk, messages_reclaim_expired, suppression_add
+from delivery.unsubscribe import unsubscribe_token_read
+from tests.factories import MailingFactory, MessageFactory, ProviderFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def _mailing(kind: str, **fields):
+    return MailingFactory(provider=ProviderFactory(kind=kind), **fields)
+
+
+@pytest.mark.parametrize("kind", [Provider.Kind.SENDGRID, Provider.Kind.POSTMARK, Provider.Kind.AMAZON_SES])
+def test_each_backend_sends_rendered_messages_with_one_click_unsubscribe(sandbox, kind):
+    mailing = _mailing(kind, list_id="<news.mailer.example>")
+    ann = MessageFactory(mailing=mailing, to_email="ann@example.org", context={"name": "Ann"})
+    bob = MessageFactory(mailing=mailing, to_email="bob@example.org", context={"name": "Bob"})
+
+    result = mailing_send_chunk(mailing_id=mailing.pk)
+
+    assert (result.claimed, result.sent, result.failed) == (2, 2, 0)
+    received = {m.to[0]: m for m in sandbox.messages}
+    assert set(received) == {"ann@example.org", "bob@example.org"}
+    for message, name in ((ann, "Ann"), (bob, "Bob")):
+        got = received[message.to_email]
+        assert got.esp == kind
+        assert got.subject == f"Hi {name}"
+        assert f"Hello {name}" in got.html
+        assert got.metadata.get("mailer_msg") == str(message.pk)
+        headers = {k.lower(): v for k, v in got.headers.items()}
+        assert headers["list-unsubscribe-post"] == "List-Unsubscribe=One-Click"
+        https_part, mailto_part = [p.strip(" <>") for p in headers["list-unsubscribe"].split(",")]
+        assert https_part.startswith("http") and mailto_part.startswith("mailto:")
+        token = https_part.rstrip("/").rsplit("/", 1)[1]
+        assert unsubscribe_token_read(token) == message.pk
+        assert headers["list-id"] == "<news.mailer.example>"
+        message.refresh_from_db()
+        assert message.status == Message.Status.SENT
+        assert message.esp_message_id == str(got.esp_message_id)
+        assert message.attempts == 1
+
+
+def test_a_suppressed_address_is_never_sent_to(sandbox):
+    mailing = _mailing(Provider.Kind.POSTMARK)
+    kept = MessageFactory(mailing=mailing, to_email="kept@example.org")
+    gone = MessageFactory(mailing=mailing, to_email="gone@example.org")
+    suppression_add(email="GONE@example.org", reason="manual", source="test")
+
+    mailing_send_chunk(mailing_id=mailing.pk)
+
+    assert [m.to[0] for m in sandbox.messages] == ["kept@example.org"]
+    gone.refresh_from_db()
+    kept.refresh_from_db()
+    assert (gone.status, kept.status) == (Message.Status.SUPPRESSED, Message.Status.SENT)
+
+
+def test_suppression_found_at_send_time_stops_a_claimed_message(sandbox):
+    """The fan-out excluded nobody, then the address was suppressed while the message sat queued."""
+    mailing = _mailing(Provider.Kind.SENDGRID)
+    message = MessageFactory(mailing=mailing, to_email="late@example.org")
+    Message.objects.filter(pk=message.pk).update(status=Message.Status.QUEUED)
+    from delivery.models import Suppression
+
+    Suppression.objects.create(email="late@example.org", reason="complaint")
+
+    result = mailing_send_chunk(mailing_id=mailing.pk)
+
+    assert result.suppressed == 1
+    assert sandbox.messages == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "status"),
+    [(Provider.Kind.SENDGRID, 429), (Provider.Kind.POSTMARK, 503), (Provider.Kind.AMAZON_SES, 429)],
+)
+def test_a_retryable_error_requeues_with_backoff_and_releases_the_rest_of_the_chunk(sandbox, kind, status):
+    mailing = _mailing(kind)
+    first, second = MessageFactory(mailing=mailing), MessageFactory(mailing=mailing)
+    sandbox.configure(fail_next=[{"esp": "*", "status": status, "times": 1}])
+
+    result = mailing_send_chunk(mailing_id=mailing.pk)
+
+    assert (result.retrying, result.released, result.sent) == (1, 1, 0)
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert first.status == second.status == Message.Status.QUEUED
+    assert first.attempts == 1 and second.attempts == 0
+    assert first.next_attempt_at > timezone.now()
+    assert str(status) in first.last_error or "TooManyRequests" in first.last_error
+    assert sandbox.messages == []
+
+    # Once due again, the retry goes out and nothing is sent twice.
+    Message.objects.filter(mailing=mailing).update(next_attempt_at=timezone.now() - timedelta(seconds=1))
+    assert mailing_send_chunk(mailing_id=mailing.pk).sent == 2
+    assert sorted(m.to[0] for m in sandbox.messages) == sorted([first.to_email, second.to_email])
+
+
+def test_a_permanent_error_fails_the_message_with_the_reason(sandbox):
+    mailing = _mailing(Provider.Kind.SENDGRID)
+    message = MessageFactory(mailing=mailing)
+    sandbox.configure(fail_next=[{"esp": "sendgrid", "status": 400, "times": 1}])
+
+    result = mailing_send_chunk(mailing_id=mailing.pk)
+
+    assert result.failed == 1
+    message.refresh_from_db()
+    assert message.status == Message.Status.FAILED
+    assert message.last_error.startswith("HTTP 400")
+
+
+def test_a_message_that_keeps_failing_gives_up_after_the_maximum_attempts(sandbox, settings):
+    settings.MAILER_MAX_ATTEMPTS = 2
+    mailing = _mailing(Provider.Kind.POSTMARK)
+    message = MessageFactory(mailing=mailing)
+    sandbox.configure(fail_next=[{"esp": "*", "status": 500, "times": 5}])
+
+    mailing_send_chunk(mailing_id=mailing.pk)
+    Message.objects.filter(pk=message.pk).update(next_attempt_at=None)
+    mailing_send_chunk(mailing_id=mailing.pk)
+
+    message.refresh_from_db()
+    assert message.status == Message.Status.FAILED
+    assert message.last_error.startswith("gave up after 2 attempts")
+
+
+def test_an_expired_lease_is_reclaimed_and_a_live_one_is_not():
+    mailing = MailingFactory()
+    lost = MessageFactory(mailing=mailing, status=Message.Status.SENDING)
+    live = MessageFactory(mailing=mailing, status=Message.Status.SENDING)
+    Message.objects.filter(pk=lost.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    Message.objects.filter(pk=live.pk).update(lease_expires_at=timezone.now() + timedelta(minutes=5))
+
+    assert messages_reclaim_expired() == 1
+
+    lost.refresh_from_db()
+    live.refresh_from_db()
+    assert (lost.status, live.status) == (Message.Status.QUEUED, Message.Status.SENDING)
+
+
+def test_a_message_already_recorded_by_another_path_is_not_overwritten(sandbox):
+    """The record step writes only over rows still `sending`."""
+    mailing = _mailing(Provider.Kind.POSTMARK)
+    message = MessageFactory(mailing=mailing)
+    from delivery.services.sending import _record, messages_claim
+
+    claimed = messages_claim(mailing_id=mailing.pk, limit=10)
+    Message.objects.filter(pk=message.pk).update(status=Message.Status.CANCELLED)
+    claimed[0].status = Message.Status.SENT
+    _record(claimed)
+
+    message.refresh_from_db()
+    assert message.status == Message.Status.CANCELLED
