@@ -88,6 +88,8 @@ def esp_event_record(*, esp: str, event: AnymailTrackingEvent) -> bool:
 
 
 APPLY_REQUESTED_KEY = "webhooks:apply-requested"
+# Should the queued task be lost, the flag lapses after this long; beat's periodic apply covers the gap.
+APPLY_REQUESTED_TTL = 15
 
 
 def esp_events_apply_soon() -> None:
@@ -98,7 +100,7 @@ def esp_events_apply_soon() -> None:
     """
     from webhooks.tasks import esp_events_apply_task
 
-    if cache.add(APPLY_REQUESTED_KEY, 1, timeout=60):
+    if cache.add(APPLY_REQUESTED_KEY, 1, timeout=APPLY_REQUESTED_TTL):
         esp_events_apply_task.delay()
 
 
