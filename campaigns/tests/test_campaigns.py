@@ -37,7 +37,12 @@ def audience():
     SubscriptionFactory(mailing_list=news, subscriber=SubscriberFactory(status=Subscriber.Status.CLEANED))
     suppressed = SubscriptionFactory(mailing_list=news)
     SuppressionFactory(email=suppressed.subscriber.email)
-    return {"lists": [news, other], "recipients": {ok.subscriber.email, on_both.subscriber.email}, "ok": ok}
+    return {
+        "lists": [news, other],
+        "recipients": {ok.subscriber.email, on_both.subscriber.email},
+        "ok": ok,
+        "suppressed": suppressed.subscriber.email,
+    }
 
 
 def test_fan_out_creates_one_message_per_eligible_recipient_once(audience):
@@ -47,9 +52,12 @@ def test_fan_out_creates_one_message_per_eligible_recipient_once(audience):
     first = audience_materialize(mailing=mailing, list_ids=list_ids)
     second = audience_materialize(mailing=mailing, list_ids=list_ids)
 
-    assert first == 2
+    assert first == 3
     assert second == 0
-    assert set(Message.objects.values_list("to_email", flat=True)) == audience["recipients"]
+    queued = Message.objects.filter(status=Message.Status.QUEUED)
+    assert set(queued.values_list("to_email", flat=True)) == audience["recipients"]
+    suppressed = Message.objects.get(status=Message.Status.SUPPRESSED)
+    assert suppressed.to_email == audience["suppressed"]
     message = Message.objects.get(to_email=audience["ok"].subscriber.email)
     assert message.context == {
         "email": audience["ok"].subscriber.email,
@@ -72,7 +80,7 @@ def test_send_now_freezes_the_content_and_builds_the_audience(audience, django_c
         "campaign_id": campaign.pk,
         "list_ids": [lst.pk for lst in audience["lists"]],
     }
-    assert campaign.mailing.messages.count() == 2
+    assert campaign.mailing.messages.filter(status=Message.Status.QUEUED).count() == 2
     assert len(callbacks) == 1  # the sending tasks are started once the transaction commits
 
     campaign.template.subject = "Changed"
@@ -140,7 +148,7 @@ def test_a_scheduled_campaign_starts_when_due_and_only_once(audience, django_cap
 
     campaign.refresh_from_db()
     assert campaign.status == Campaign.Status.SENDING
-    assert campaign.mailing.messages.count() == 2
+    assert campaign.mailing.messages.filter(status=Message.Status.QUEUED).count() == 2
 
 
 def test_a_sending_campaign_is_marked_sent_when_nothing_is_pending(audience, django_capture_on_commit_callbacks):
@@ -165,6 +173,9 @@ def test_cancel_stops_queued_messages(audience, django_capture_on_commit_callbac
 
     campaign_cancel(campaign=campaign)
 
-    assert set(campaign.mailing.messages.values_list("status", flat=True)) == {Message.Status.CANCELLED}
+    assert set(campaign.mailing.messages.values_list("status", flat=True)) == {
+        Message.Status.CANCELLED,
+        Message.Status.SUPPRESSED,
+    }
     with pytest.raises(CampaignNotSendable):
         campaign_send(campaign=campaign)
