@@ -3,6 +3,8 @@ means (the subscribers app unsubscribes from the lists the mailing went to)."""
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from django.conf import settings
 from django.core import signing
 from django.urls import reverse
@@ -24,5 +26,14 @@ def unsubscribe_token_read(token: str) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def unsubscribe_url(message_id: int) -> str:
-    return settings.MAILER_BASE_URL + reverse("unsubscribe", args=[unsubscribe_token_make(message_id)])
+_PLACEHOLDER = "TOKEN"
+
+
+@lru_cache(maxsize=8)
+def _url_pattern(base_url: str) -> str:
+    """The URL with a placeholder for the token: reverse() once, not per message."""
+    return base_url + reverse("unsubscribe", args=[_PLACEHOLDER])
+
+
+def unsubscribe_url(message_id: int, token: str | None = None) -> str:
+    return _url_pattern(settings.MAILER_BASE_URL).replace(_PLACEHOLDER, token or unsubscribe_token_make(message_id))
