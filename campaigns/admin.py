@@ -8,11 +8,13 @@ from django.http import HttpRequest, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 
 from campaigns.models import Campaign, Template
 from campaigns.selectors import campaign_message_counts
 from campaigns.services import campaign_cancel, campaign_schedule, campaign_send
 from core.exceptions import ApplicationError
+from delivery.models import Message
 
 
 @admin.register(Template)
@@ -29,7 +31,7 @@ class ScheduleForm(forms.Form):
 
 @admin.register(Campaign)
 class CampaignAdmin(admin.ModelAdmin):
-    list_display = ["name", "status", "template", "scheduled_at", "started_at", "finished_at"]
+    list_display = ["name", "status", "scheduled_at", "finished_at"]
     list_filter = ["status", "lists"]
     search_fields = ["name"]
     filter_horizontal = ["lists"]
@@ -48,14 +50,33 @@ class CampaignAdmin(admin.ModelAdmin):
             fields.append("scheduled_at")
         return fields
 
+    def get_fieldsets(self, request, obj=None):
+        # Once a campaign is under way, what happened to its messages is what the page is for.
+        fieldsets = super().get_fieldsets(request, obj)
+        return fieldsets[::-1] if obj is not None and obj.status != Campaign.Status.DRAFT else fieldsets
+
     @admin.display(description="Messages by status")
     def message_counts(self, obj: Campaign) -> str:
         counts = campaign_message_counts(campaign=obj)
         if not counts:
             return "Not started."
         total = sum(counts.values())
-        parts = [f"{status}: {count}" for status, count in counts.items() if count]
-        return f"{total} messages — " + ", ".join(parts)
+        rows = format_html_join(
+            "",
+            '<tr><td>{}</td><td style="text-align:right">{}</td><td style="text-align:right">{}</td></tr>',
+            (
+                (Message.Status(status).label, count, f"{100 * count / total:.1f} %")
+                for status, count in counts.items()
+                if count
+            ),
+        )
+        return format_html(
+            '<table class="mailer-counts"><thead><tr><th>Status</th><th>Messages</th><th>Share</th></tr></thead>'
+            '<tbody>{}</tbody><tfoot><tr><th>Total</th><th style="text-align:right">{}</th><th></th></tr>'
+            "</tfoot></table>",
+            rows,
+            total,
+        )
 
     def _run(self, request: HttpRequest, queryset, service, done: str, **kwargs) -> None:
         for campaign in queryset:

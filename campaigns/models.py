@@ -49,7 +49,7 @@ class Campaign(TimeStampedModel):
     name = models.CharField(max_length=200)
     template = models.ForeignKey(Template, null=True, blank=True, on_delete=models.PROTECT, related_name="campaigns")
     lists = models.ManyToManyField(MailingList, blank=True, related_name="campaigns")
-    from_email = models.CharField(max_length=320, help_text='e.g. "Acme News <news@acme.example>"')
+    from_email = models.CharField(max_length=320, help_text="For example: Acme News &lt;news@acme.example&gt;")
     reply_to = models.CharField(max_length=320, blank=True)
     provider = models.ForeignKey(
         Provider, null=True, blank=True, on_delete=models.PROTECT, help_text="Empty: the first enabled provider."

@@ -24,7 +24,10 @@ class MailingAdmin(admin.ModelAdmin):
     list_display = ["__str__", "kind", "from_email", "provider", "created_at"]
     list_filter = ["kind", "provider"]
     search_fields = ["name", "subject_template", "from_email"]
-    readonly_fields = ["created_at", "updated_at"]
+    readonly_fields = [f.name for f in Mailing._meta.fields]
+
+    def has_add_permission(self, request) -> bool:  # mailings are frozen by whoever sends them, not typed in
+        return False
 
 
 @admin.register(Message)
