@@ -6,6 +6,7 @@ The vendor differences live in lookup tables here, so the sending flow is writte
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import requests
@@ -36,7 +37,7 @@ SES_RETRYABLE_CODES = {
 
 def provider_connection(provider: Provider) -> BaseEmailBackend:
     """A new backend instance for one chunk: backends are not thread-safe, so never share one."""
-    kwargs: dict[str, object] = {}
+    kwargs: dict[str, Any] = {}
     if provider.kind == Provider.Kind.SMTP:
         url = urlsplit(settings.SMTP_URL)
         kwargs = {

@@ -40,7 +40,7 @@ def template_check(source: str, *, part: str) -> None:
             f"Template {part}, line {exc.lineno}: {exc.message}", {"part": part, "line": exc.lineno}
         ) from exc
     for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
-        name = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None)
+        name = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None)  # type: ignore[attr-defined]
         if isinstance(name, str) and name.startswith("_"):
             raise TemplateSyntaxInvalid(
                 f"Template {part}, line {node.lineno}: access to '{name}' is not allowed in templates.",

@@ -81,6 +81,8 @@ def campaign_start(*, campaign: Campaign) -> Campaign:
     if campaign.status != Campaign.Status.SCHEDULED:
         return campaign
     template = campaign.template
+    if template is None:  # only a draft can lose its template; a scheduled one is read-only
+        raise CampaignNotSendable(f"Campaign '{campaign.name}' has no template.", {"field": "template"})
     list_ids = list(campaign.lists.values_list("pk", flat=True))
     mailing = mailing_create(
         kind=Mailing.Kind.CAMPAIGN,
@@ -109,7 +111,7 @@ def campaign_cancel(*, campaign: Campaign) -> Campaign:
     campaign = _locked(campaign)
     if campaign.status not in (Campaign.Status.DRAFT, Campaign.Status.SCHEDULED, Campaign.Status.SENDING):
         raise CampaignNotSendable(f"Campaign '{campaign.name}' is {campaign.status} and cannot be cancelled.")
-    if campaign.mailing_id:
+    if campaign.mailing is not None:
         mailing_cancel(mailing=campaign.mailing)
     campaign.status = Campaign.Status.CANCELLED
     campaign.finished_at = timezone.now()
@@ -124,9 +126,10 @@ def campaigns_dispatch_due() -> dict[str, int]:
     for campaign in due.order_by("scheduled_at")[:20]:
         campaign_start(campaign=campaign)
         started += 1
-    for campaign in Campaign.objects.filter(status=Campaign.Status.SENDING).exclude(mailing=None):
-        if not mailing_has_pending(mailing_id=campaign.mailing_id):
-            updated = Campaign.objects.filter(pk=campaign.pk, status=Campaign.Status.SENDING).update(
+    sending = Campaign.objects.filter(status=Campaign.Status.SENDING, mailing__isnull=False)
+    for campaign_id, mailing_id in sending.values_list("pk", "mailing_id"):
+        if not mailing_has_pending(mailing_id=mailing_id):
+            updated = Campaign.objects.filter(pk=campaign_id, status=Campaign.Status.SENDING).update(
                 status=Campaign.Status.SENT, finished_at=timezone.now()
             )
             finished += updated

@@ -6,6 +6,8 @@ not on the suppression list. The unique (mailing, address) constraint makes runn
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db import connection
 from django.utils import timezone
 
@@ -13,7 +15,7 @@ from delivery.models import Mailing, Message, Suppression
 from subscribers.models import Subscriber, Subscription
 
 
-def _audience_sql(list_ids: list[int]) -> tuple[str, list[object]]:
+def _audience_sql(list_ids: list[int]) -> tuple[str, list[Any]]:
     """The campaign's audience: active subscribers with an active subscription to one of the lists."""
     placeholders = ", ".join(["%s"] * len(list_ids))
     sql = f"""
@@ -68,7 +70,12 @@ def audience_materialize(*, mailing: Mailing, list_ids: list[int]) -> int:
         ORDER BY s.id
         ON CONFLICT (mailing_id, to_email) DO NOTHING
     """  # noqa: S608
-    values = [mailing.pk, Message.Status.SUPPRESSED, Message.Status.QUEUED, "address is on the suppression list"]
+    values: list[Any] = [
+        mailing.pk,
+        Message.Status.SUPPRESSED,
+        Message.Status.QUEUED,
+        "address is on the suppression list",
+    ]
     with connection.cursor() as cursor:
         cursor.execute(sql, [*values, now, now, *params])
         return cursor.rowcount

@@ -14,8 +14,9 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from email.utils import make_msgid
+from typing import Any
 from urllib.parse import quote
 
 from django.conf import settings
@@ -74,7 +75,7 @@ def messages_claim(*, mailing_id: int, limit: int) -> list[Message]:
 
 
 def mailing_provider(mailing: Mailing) -> Provider | None:
-    if mailing.provider_id and mailing.provider.is_enabled:
+    if mailing.provider is not None and mailing.provider.is_enabled:
         return mailing.provider
     return Provider.objects.filter(is_enabled=True).order_by("priority", "pk").first()
 
@@ -126,7 +127,7 @@ def message_build(mailing: Mailing, message: Message) -> EmailMultiAlternatives:
     return email
 
 
-def _retry_at(attempts: int) -> timezone.datetime:
+def _retry_at(attempts: int) -> datetime:
     """Exponential backoff with jitter: 30 s, 1 min, 2 min ... capped at an hour, each +-50 %."""
     base = min(30 * (2 ** max(attempts - 1, 0)), 3600)
     return timezone.now() + timedelta(seconds=base * random.uniform(0.5, 1.5))  # noqa: S311
@@ -240,7 +241,8 @@ def _record(messages: list[Message]) -> None:
         return
     ops = connection.ops
     is_pg = connection.vendor == "postgresql"
-    rows, params = [], []
+    rows: list[str] = []
+    params: list[Any] = []
     for message in messages:
         rows.append("(" + ", ".join(["%s"] * len(_RECORD_COLUMNS)) + ")")
         params += [
