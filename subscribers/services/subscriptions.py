@@ -1,6 +1,4 @@
-"""subscribers: who receives mail and their consent — creating subscribers and subscriptions, unsubscribing
-(from one list through a signed link, or from everything after a complaint), and cleaning bounced addresses.
-"""
+"""Subscribers and their list-level consent: create, unsubscribe, clean."""
 
 from __future__ import annotations
 
