@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,31 +19,26 @@ from typing import IO, Any
 
 from django.db import connection, transaction
 from django.utils import timezone
-from email_validator import EmailNotValidError, validate_email
 
-from core.exceptions import ApplicationError
 from delivery.models import Suppression
 from subscribers.models import MailingList, Subscriber, Subscription
+from subscribers.services.import_copy import stage_by_copy
+from subscribers.services.import_rows import (
+    STAGE_TABLE,
+    Columns,
+    ImportFileInvalid,
+    Row,
+    columns_read,
+    rows_checked,
+)
 
-MAX_FIELD_BYTES = 65_536
-MAX_NAME_CHARS = 200
-MAX_EMAIL_CHARS = 254
+__all__ = ["ImportFileInvalid", "ImportOptions", "ImportSummary", "subscribers_import"]
+
 # The csv module's own limit; above it, a row is more likely an unclosed quote than data.
 CSV_FIELD_LIMIT = 10 * 1024 * 1024
 SNIFF_BYTES = 64 * 1024
 SQLITE_BATCH = 5000
 PROGRESS_EVERY = 50_000
-
-# Most real addresses: lower-case ASCII, dot-atoms, a domain with a letters-only TLD. Anything else is
-# decided by email-validator (~40k addresses/s), so this pattern only has to be exact, not complete.
-_COMMON_ADDRESS = re.compile(
-    r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-    r"@(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}"
-)
-
-
-class ImportFileInvalid(ApplicationError):
-    code = "import_file_invalid"
 
 
 @dataclass(frozen=True)
@@ -70,6 +64,7 @@ class ImportSummary:
     resubscribed: int = 0
     errors_path: str = ""
     dry_run: bool = False
+    method: str = ""  # "copy" (PostgreSQL fast path) or "rows" (row by row)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -104,99 +99,9 @@ def _text_stream(raw: IO[bytes], encoding: str) -> tuple[io.TextIOWrapper, str]:
     return io.TextIOWrapper(raw, encoding=codec, errors="strict", newline=""), delimiter
 
 
-@dataclass(frozen=True)
-class _Columns:
-    email: int
-    name: int | None
-    attributes: list[tuple[int, str]]
-    width: int
-
-
-def _columns(header: list[str], column_map: dict[str, str]) -> _Columns:
-    mapping = {k.strip().lower(): v.strip() for k, v in column_map.items()}
-    names = []
-    for position, raw_name in enumerate(header, start=1):
-        name = raw_name.strip()
-        name = mapping.get(name.lower(), name)
-        if not name:
-            raise ImportFileInvalid(f"Column {position} of the header has no name.")
-        names.append(name)
-    lowered = [n.lower() for n in names]
-    for name in set(lowered):
-        if lowered.count(name) > 1:
-            raise ImportFileInvalid(f"The header names the column {name!r} twice.")
-    if "email" not in lowered:
-        found = ", ".join(repr(n) for n in names[:20])
-        raise ImportFileInvalid(
-            f"The file has no 'email' column (columns found: {found}). Rename the column, or map it, for "
-            "example --map 'E-mail address=email'."
-        )
-    email = lowered.index("email")
-    name_index = lowered.index("name") if "name" in lowered else None
-    attributes = [(i, n) for i, n in enumerate(names) if i not in (email, name_index)]
-    return _Columns(email, name_index, attributes, len(names))
-
-
-@dataclass(frozen=True)
-class _Row:
-    line: int
-    email: str
-    name: str
-    attributes: str  # JSON
-
-
-def _email_check(value: str, check_deliverability: bool) -> tuple[str, str]:
-    """(normalized address, "") or ("", reason)."""
-    address = value.strip().lower()
-    if not address:
-        return "", "the email is empty"
-    if len(address) > MAX_EMAIL_CHARS:
-        return "", f"the email is {len(address)} characters long, over {MAX_EMAIL_CHARS}"
-    if not check_deliverability and _COMMON_ADDRESS.fullmatch(address):
-        return address, ""
-    try:
-        result = validate_email(address, check_deliverability=check_deliverability)
-    except EmailNotValidError as exc:
-        return "", f"invalid email {value.strip()!r}: {exc}"
-    return result.normalized.lower(), ""
-
-
-def _rows(
-    reader: Any, columns: _Columns, options: ImportOptions, reject: Callable[[int, str, str], None]
-) -> Iterator[_Row]:
-    """Valid rows, in file order; every other row goes to `reject` with its line and the reason."""
-    email_at, name_at, attrs, width = columns.email, columns.name, columns.attributes, columns.width
-    check_dns = options.check_deliverability
-    for record in reader:
-        line = reader.line_num
-        if len(record) != width:
-            if not any(v.strip() for v in record):
-                continue  # a blank line
-            reject(line, record[email_at] if len(record) > email_at else "",
-                   f"the row has {len(record)} fields, the header has {width}")  # fmt: skip
-            continue
-        oversized = next((i for i, v in enumerate(record) if len(v) > MAX_FIELD_BYTES), None)
-        if oversized is not None:
-            size = len(record[oversized])
-            reject(
-                line, record[email_at][:100], f"field {oversized + 1} is {size:,} characters, over {MAX_FIELD_BYTES:,}"
-            )
-            continue
-        email, problem = _email_check(record[email_at], check_dns)
-        if problem:
-            reject(line, record[email_at], problem)
-            continue
-        name = record[name_at].strip() if name_at is not None else ""
-        if len(name) > MAX_NAME_CHARS:
-            reject(line, email, f"the name is {len(name)} characters long, over {MAX_NAME_CHARS}")
-            continue
-        attributes = {key: record[i] for i, key in attrs if record[i] != ""}
-        yield _Row(line, email, name, json.dumps(attributes, ensure_ascii=False) if attributes else "{}")
-
-
 # --- staging -------------------------------------------------------------------------------------------------
 
-_STAGE = "mailer_import_rows"
+_STAGE = STAGE_TABLE
 _UNIQUE = "mailer_import_unique"
 
 
@@ -211,7 +116,7 @@ def _stage_create(cursor: Any) -> None:
     )
 
 
-def _stage_fill(cursor: Any, rows: Iterator[_Row]) -> int:
+def _stage_fill(cursor: Any, rows: Iterator[Row]) -> int:
     count = 0
     if connection.vendor == "postgresql":
         with cursor.cursor.copy(f"COPY {_STAGE} (line, email, name, attributes) FROM STDIN") as copy:
@@ -409,53 +314,94 @@ def subscribers_import(
     The file as a whole is refused (ImportFileInvalid, nothing changed) when it cannot be read as CSV: empty,
     binary, wrong encoding, no email column, a broken quote. Rows that cannot be imported are counted as
     invalid and written to `errors_path` with their line and reason; the valid rows are imported.
+    On PostgreSQL a well-formed file takes the COPY path (import_copy); anything else, and SQLite, the
+    row-by-row path. Both fill the same staging table and share the merge.
     """
     options = options or ImportOptions()
     csv.field_size_limit(CSV_FIELD_LIMIT)
     total_bytes = path.stat().st_size
     summary = ImportSummary(dry_run=options.dry_run)
     errors = _ErrorFile(errors_path)
-    with path.open("rb") as raw:
-        text, delimiter = _text_stream(raw, options.encoding)
-        reader = csv.reader(text, delimiter=delimiter, strict=True)
-        try:
-            header = next(reader, None)
-            if header is None:
-                raise ImportFileInvalid("The file is empty.")
-            columns = _columns(header, options.column_map)
 
-            def counted(rows: Iterator[_Row]) -> Iterator[_Row]:
-                for n, row in enumerate(rows, start=1):
-                    if progress is not None and n % PROGRESS_EVERY == 0:
-                        progress(raw.tell(), total_bytes)
-                    yield row
+    def report(done: int) -> None:
+        if progress is not None:
+            progress(min(done, total_bytes), total_bytes)
 
-            with transaction.atomic(), connection.cursor() as cursor:
-                try:
-                    _stage_create(cursor)
-                    staged = _stage_fill(cursor, counted(_rows(reader, columns, options, errors.reject)))
-                    summary.invalid = errors.count
-                    summary.rows = staged + errors.count
-                    _merge(cursor, staged, mailing_list, options, summary)
-                finally:
-                    if connection.vendor != "postgresql":
-                        for table in (_STAGE, _UNIQUE):
-                            cursor.execute(f"DROP TABLE IF EXISTS {table}")
-                if options.dry_run:
-                    transaction.set_rollback(True)
-        except UnicodeDecodeError as exc:
-            hint = (
-                " If the file is Latin-1 (Windows), import it with encoding latin-1." if "utf" in exc.encoding else ""
-            )
-            raise ImportFileInvalid(
-                f"Line {reader.line_num + 1}: the file is not valid {exc.encoding.upper()} "
-                f"(byte 0x{exc.object[exc.start]:02x}).{hint}"
-            ) from exc
-        except csv.Error as exc:
-            raise ImportFileInvalid(f"Line {reader.line_num}: the file cannot be read as CSV: {exc}.") from exc
-        finally:
-            errors.close()
-    if progress is not None:
-        progress(total_bytes, total_bytes)
+    try:
+        with path.open("rb") as raw, transaction.atomic(), connection.cursor() as cursor:
+            text, delimiter = _text_stream(raw, options.encoding)
+            columns = _header(csv.reader(text, delimiter=delimiter, strict=True), options.column_map)
+            try:
+                counts = None
+                if connection.vendor == "postgresql" and not options.check_deliverability:
+                    counts = stage_by_copy(cursor, raw, delimiter=delimiter, codec=text.encoding, columns=columns,
+                                           reject=errors.reject, progress=report)  # fmt: skip
+                summary.method = "copy" if counts is not None else "rows"
+                if counts is None:
+                    counts = _stage_rows(cursor, raw, text.encoding, delimiter, options, errors, report)
+                summary.rows, staged = counts
+                summary.invalid = errors.count
+                _merge(cursor, staged, mailing_list, options, summary)
+            finally:
+                if connection.vendor != "postgresql":
+                    for table in (_STAGE, _UNIQUE):
+                        cursor.execute(f"DROP TABLE IF EXISTS {table}")
+            if options.dry_run:
+                transaction.set_rollback(True)
+    finally:
+        errors.close()
+    report(total_bytes)
     summary.errors_path = str(errors_path) if errors.count and errors_path else ""
     return summary
+
+
+def _unreadable(exc: Exception, line: int) -> ImportFileInvalid:
+    if isinstance(exc, UnicodeDecodeError):
+        hint = " If it is Latin-1 (Windows), import it with encoding latin-1." if "utf" in exc.encoding else ""
+        return ImportFileInvalid(
+            f"Line {line}: the file is not valid {exc.encoding.upper()} (byte 0x{exc.object[exc.start]:02x}).{hint}"
+        )
+    return ImportFileInvalid(f"Line {line}: the file cannot be read as CSV: {exc}.")
+
+
+def _header(reader: Any, column_map: dict[str, str]) -> Columns:
+    try:
+        header = next(reader, None)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise _unreadable(exc, 1) from exc
+    if header is None:
+        raise ImportFileInvalid("The file is empty.")
+    return columns_read(header, column_map)
+
+
+def _stage_rows(
+    cursor: Any,
+    raw: IO[bytes],
+    codec: str,
+    delimiter: str,
+    options: ImportOptions,
+    errors: _ErrorFile,
+    report: Callable[[int], None],
+) -> tuple[int, int]:
+    """The row-by-row path: Python reads and checks every row, then stages the valid ones."""
+    raw.seek(0)
+    text = io.TextIOWrapper(raw, encoding=codec, errors="strict", newline="")
+    reader = csv.reader(text, delimiter=delimiter, strict=True)
+    columns = _header(reader, options.column_map)
+    _stage_create(cursor)
+
+    def counted(rows: Iterator[Row]) -> Iterator[Row]:
+        for n, row in enumerate(rows, start=1):
+            if n % PROGRESS_EVERY == 0:
+                report(raw.tell())
+            yield row
+
+    try:
+        staged = _stage_fill(
+            cursor, counted(rows_checked(reader, columns, options.check_deliverability, errors.reject))
+        )
+    except UnicodeDecodeError as exc:
+        raise _unreadable(exc, reader.line_num + 1) from exc
+    except csv.Error as exc:
+        raise _unreadable(exc, reader.line_num) from exc
+    return staged + errors.count, staged

@@ -235,3 +235,22 @@ def test_the_command_prints_a_summary_and_refuses_an_unknown_list(tmp_path, news
         call_command("import_subscribers", str(path), "--list", "missing")
     with pytest.raises(CommandError, match="no 'email' column"):
         call_command("import_subscribers", str(write(tmp_path, "x\n1\n", "bad.csv")), "--list", "news")
+
+
+@pytest.mark.parametrize(
+    ("content", "method_on_postgresql"),
+    [
+        ("email,name\nann@example.org,Ann\nJosé@Exämple.org,J\n", "copy"),
+        ("email,name\nann@example.org,Ann\nshort@example.org\n", "rows"),  # ragged: COPY cannot take it
+        ("email,name\nann@example.org,Ann\n\nbob@example.org,Bob\n", "rows"),  # a blank line
+    ],
+)
+def test_postgresql_copies_a_well_formed_file_and_reads_others_row_by_row(
+    tmp_path, news, content, method_on_postgresql
+):
+    from django.db import connection
+
+    summary = run(write(tmp_path, content), news)
+
+    assert summary.method == (method_on_postgresql if connection.vendor == "postgresql" else "rows")
+    assert Subscriber.objects.filter(email="ann@example.org", name="Ann").exists()
