@@ -13,13 +13,16 @@ class Subscriber(TimeStampedModel):
         UNSUBSCRIBED = "unsubscribed", "Unsubscribed from everything"
         CLEANED = "cleaned", "Cleaned (bounced or complained)"
 
-    email = models.CharField(max_length=254, unique=True, help_text="Normalized (lower-case) address.")
+    email = models.CharField(max_length=254, help_text="Normalized (lower-case) address.")
     name = models.CharField(max_length=200, blank=True)
     attributes = models.JSONField(default=dict, blank=True)
-    status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACTIVE, db_index=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACTIVE)
 
     class Meta:
         ordering = ["email"]
+        # One unique index and the primary key, nothing more: every index costs each imported row. (unique=True
+        # on the field would add a second, LIKE-pattern index on PostgreSQL; status has too few values to help.)
+        constraints = [models.UniqueConstraint(fields=["email"], name="subscriber_email_unique")]
 
     def __str__(self) -> str:
         return self.email
@@ -46,8 +49,11 @@ class Subscription(TimeStampedModel):
         ACTIVE = "active", "Subscribed"
         UNSUBSCRIBED = "unsubscribed", "Unsubscribed"
 
-    subscriber = models.ForeignKey(Subscriber, on_delete=models.CASCADE, related_name="subscriptions")
-    mailing_list = models.ForeignKey(MailingList, on_delete=models.CASCADE, related_name="subscriptions")
+    # No index of their own: the unique (subscriber, list) and the (list, status) indexes lead with them.
+    subscriber = models.ForeignKey(Subscriber, on_delete=models.CASCADE, related_name="subscriptions", db_index=False)
+    mailing_list = models.ForeignKey(
+        MailingList, on_delete=models.CASCADE, related_name="subscriptions", db_index=False
+    )
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACTIVE)
     source = models.CharField(max_length=100, blank=True)
     unsubscribed_at = models.DateTimeField(null=True, blank=True)

@@ -3,6 +3,14 @@ exporting them, unsubscribing (from one list through a signed link, or from ever
 complaint), and cleaning bounced addresses.
 """
 
+from subscribers.services.exporting import (
+    cell_neutralize,
+    csv_chunks,
+    csv_rows_write,
+    subscriber_attribute_keys,
+    subscribers_export_csv,
+    subscribers_export_rows,
+)
 from subscribers.services.subscriptions import (
     subscriber_clean,
     subscriber_unsubscribe,
@@ -19,4 +27,10 @@ __all__ = [
     "subscription_create",
     "unsubscribe_by_link",
     "unsubscribe_link_resolve",
+    "cell_neutralize",
+    "csv_chunks",
+    "csv_rows_write",
+    "subscriber_attribute_keys",
+    "subscribers_export_csv",
+    "subscribers_export_rows",
 ]

@@ -30,6 +30,17 @@ _DELIMITERS = {",": "','", ";": "';'", "\t": "E'\\t'", "|": "'|'"}
 _PAIRS_PER_CALL = 50
 
 
+# The strict address pattern, for PostgreSQL. Its regular expressions are slow with nested groups (about
+# 24 us a row), so the pattern is a flat one (about 5 us) and the dot and hyphen rules it cannot say are LIKE
+# checks; together they accept exactly what import_rows' Python pattern accepts.
+_COMMON_ADDRESS_CHECK = (
+    "s.email ~ %s AND position('@' in s.email) <= 65 AND s.email NOT LIKE '%%..%%' AND s.email NOT LIKE '.%%'"
+    " AND s.email NOT LIKE '%%.@%%' AND s.email NOT LIKE '%%@.%%' AND s.email NOT LIKE '%%@-%%'"
+    " AND s.email NOT LIKE '%%-.%%' AND s.email NOT LIKE '%%.-%%'"
+    " AND (length(s.email) - position('@' in s.email) <= 63 OR split_part(s.email, '@', 2) !~ '[^.]{64}')"
+)
+
+
 def _attributes_sql(columns: Columns) -> tuple[str, list[str]]:
     if not columns.attributes:
         return "'{}'::jsonb", []
@@ -103,7 +114,7 @@ def stage_by_copy(
         f"""SELECT s.line, s.given_email, s.name, s.fits, ARRAY[{lengths}]
         FROM {STAGE_TABLE} s JOIN {RAW_TABLE} w ON w.id = s.line - 1
         WHERE NOT (s.fits AND length(s.email) <= {MAX_EMAIL_CHARS} AND length(s.name) <= {MAX_NAME_CHARS}
-                   AND s.email ~ %s)""",  # noqa: S608
+                   AND {_COMMON_ADDRESS_CHECK})""",  # noqa: S608
         [COMMON_ADDRESS_SQL],
     )
     fixed: list[tuple[str, int]] = []

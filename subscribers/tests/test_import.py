@@ -254,3 +254,27 @@ def test_postgresql_copies_a_well_formed_file_and_reads_others_row_by_row(
 
     assert summary.method == (method_on_postgresql if connection.vendor == "postgresql" else "rows")
     assert Subscriber.objects.filter(email="ann@example.org", name="Ann").exists()
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "a..b@example.org",
+        ".a@example.org",
+        "a.@example.org",
+        "a@-example.org",
+        "a@example-.org",
+        "a@.example.org",
+        "a@example..org",
+        f"a@{'x' * 64}.org",
+        "a b@example.org",
+    ],
+)
+def test_both_paths_refuse_the_same_malformed_addresses(tmp_path, news, address):
+    """The PostgreSQL path's SQL checks must accept nothing the row-by-row path refuses."""
+    path = write(tmp_path, f"email\nok@example.org\n{address}\n")
+
+    summary = run(path, news)
+
+    assert (summary.created, summary.invalid) == (1, 1)
+    assert errors(path)[0]["line"] == "3"
