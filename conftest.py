@@ -13,19 +13,9 @@ if TYPE_CHECKING:
 
 
 def sandbox_anymail_settings(server: SandboxServer) -> dict:
-    return {
-        **settings.ANYMAIL,
-        "SENDGRID_API_URL": server.sendgrid_api_url,
-        "POSTMARK_API_URL": server.postmark_api_url,
-        "AMAZON_SES_CLIENT_PARAMS": {
-            "endpoint_url": server.ses_endpoint_url,
-            "region_name": "us-east-1",
-            "aws_access_key_id": "sandbox",
-            "aws_secret_access_key": "sandbox",
-            # One attempt per call: retrying is the engine's decision, not botocore's.
-            "config": {"retries": {"total_max_attempts": 1}},
-        },
-    }
+    from delivery.sandbox.anymail_settings import anymail_settings_for
+
+    return anymail_settings_for(server, settings.ANYMAIL)
 
 
 def webhook_auth() -> tuple[str, str]:

@@ -13,26 +13,14 @@ Prints rows/s for each, the import's share of the COPY rate, and this process's 
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import resource
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("DEBUG", "true")
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mailer_project.settings")
-if not os.environ.get("DATABASE_URL"):
-    os.environ["DATABASE_URL"] = f"sqlite:///{ROOT / 'var' / 'bench.sqlite3'}"
-
-import django  # noqa: E402
-
-django.setup()
-
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
+from django_env import ROOT  # noqa: E402,F401  (sets Django up)
 
 from subscribers.models import MailingList, Subscriber, Subscription  # noqa: E402
 from subscribers.services.importing import subscribers_import  # noqa: E402

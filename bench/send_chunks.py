@@ -13,29 +13,17 @@ the sandbox on a thread of it, so the ratio is what to compare between machines.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("DEBUG", "true")
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mailer_project.settings")
-if not os.environ.get("DATABASE_URL"):
-    os.environ["DATABASE_URL"] = f"sqlite:///{ROOT / 'var' / 'bench.sqlite3'}"
-
-import django  # noqa: E402
-
-django.setup()
 
 from django.conf import settings  # noqa: E402
 from django.core.mail import EmailMultiAlternatives  # noqa: E402
 from django.core.management import call_command  # noqa: E402
+from django_env import ROOT  # noqa: E402,F401  (sets Django up)
 
 from delivery.models import Mailing, Message, Provider  # noqa: E402
 from delivery.providers import provider_connection  # noqa: E402
 from delivery.sandbox import SandboxServer  # noqa: E402
+from delivery.sandbox.anymail_settings import anymail_settings_for  # noqa: E402
 from delivery.services import mailing_send_chunk  # noqa: E402
 
 HTML = "<html><body><h1>Hello {{ name }}</h1><p>News from {{ attributes.city }}.</p>" + "<p>Body text.</p>" * 20
@@ -43,18 +31,7 @@ TEXT = "Hello {{ name }}\nNews from {{ attributes.city }}.\n" + "Body text.\n" *
 
 
 def _point_at(server: SandboxServer) -> None:
-    settings.ANYMAIL = {
-        **settings.ANYMAIL,
-        "SENDGRID_API_URL": server.sendgrid_api_url,
-        "POSTMARK_API_URL": server.postmark_api_url,
-        "AMAZON_SES_CLIENT_PARAMS": {
-            "endpoint_url": server.ses_endpoint_url,
-            "region_name": "us-east-1",
-            "aws_access_key_id": "sandbox",
-            "aws_secret_access_key": "sandbox",
-            "config": {"retries": {"total_max_attempts": 1}},
-        },
-    }
+    settings.ANYMAIL = anymail_settings_for(server, settings.ANYMAIL)
 
 
 def baseline(provider: Provider, count: int) -> float:
