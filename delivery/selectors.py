@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from django.db.models import Count
+
 from delivery.models import Message, Suppression
 
 
@@ -7,8 +9,6 @@ def message_status_counts(*, mailing_id: int) -> dict[str, int]:
     """Counts per status, with every status present (zeros included) so pages and APIs show a stable shape."""
     counts = {status: 0 for status in Message.Status.values}
     rows = Message.objects.filter(mailing_id=mailing_id).values_list("status").order_by()
-    from django.db.models import Count
-
     for status, count in rows.annotate(n=Count("pk")).values_list("status", "n"):
         counts[status] = count
     return counts

@@ -57,7 +57,10 @@ class WebhookGateMiddleware:
             return self.get_response(request)
         if not webhook_auth_ok(request):
             return _error(401, "Missing or wrong webhook credentials.")
-        length = int(request.META.get("CONTENT_LENGTH") or 0)
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return _error(400, "Content-Length is not a number.")
         if length > MAX_BODY_BYTES:
             return _error(413, f"Webhook body of {length} bytes is over the {MAX_BODY_BYTES} byte limit.")
         if request.path.endswith("/tracking/"):

@@ -58,8 +58,8 @@ def _int_or_none(value: Any) -> int | None:
         return None
 
 
-def esp_event_record(*, esp: str, event: AnymailTrackingEvent) -> bool:
-    """Store one tracking event; the same event stored twice is kept once. Returns whether it was new."""
+def esp_event_record(*, esp: str, event: AnymailTrackingEvent) -> None:
+    """Store one tracking event; the same event stored twice is kept once (the insert skips a known key)."""
     esp_event = event.esp_event if isinstance(event.esp_event, dict) else {}
     occurred_at = event.timestamp or timezone.now()
     recipient = (event.recipient or "").strip().lower()
@@ -81,10 +81,8 @@ def esp_event_record(*, esp: str, event: AnymailTrackingEvent) -> bool:
         user_agent=(event.user_agent or "")[:1000],
         payload=_payload(event.esp_event),
     )
-    created = EspEvent.objects.bulk_create([row], ignore_conflicts=True)
-    new = connection.vendor != "postgresql" or created[0].pk is not None
+    EspEvent.objects.bulk_create([row], ignore_conflicts=True)
     transaction.on_commit(esp_events_apply_soon)
-    return new
 
 
 APPLY_REQUESTED_KEY = "webhooks:apply-requested"

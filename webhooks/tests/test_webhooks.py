@@ -198,3 +198,24 @@ def test_an_event_waits_while_the_send_is_not_recorded_yet(client):
     assert esp_events_apply().applied == 1
     pending.refresh_from_db()
     assert pending.status == Message.Status.DELIVERED
+
+
+def test_an_oversized_body_gets_413_and_stores_nothing(client, message):
+    event = payloads.sendgrid_event("delivered", message.to_email, message.pk, padding="x" * (6 * 1024 * 1024))
+
+    response = post_sendgrid(client, [event])
+
+    assert response.status_code == 413
+    assert "byte limit" in response.json()["error"]["message"]
+    assert not EspEvent.objects.exists()
+
+
+def test_a_postmark_event_without_metadata_finds_its_message_by_esp_id_and_recipient(client):
+    """Postmark's older open events carry no Metadata: the ESP's message id and the recipient still match."""
+    message = MessageFactory(to_email="ann@example.org", status=Message.Status.SENT, esp_message_id="pm-123")
+    post_postmark(client, payloads.postmark_delivery(message.to_email, None, message_id="pm-123"))
+
+    assert esp_events_apply().applied == 1
+
+    message.refresh_from_db()
+    assert message.status == Message.Status.DELIVERED
