@@ -50,7 +50,7 @@ WORKDIR /app
 # and broker folders of the embedded default, should the image ever run without DATABASE_URL etc.) is
 # writable by the app user.
 COPY . .
-RUN mkdir -p var && chown mailer:mailer var
+RUN mkdir -p var/media && chown -R mailer:mailer var
 
 USER mailer
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 
 from core.models import TimeStampedModel
@@ -66,3 +67,34 @@ class Subscription(TimeStampedModel):
 
     def __str__(self) -> str:
         return f"{self.subscriber_id} on {self.mailing_list_id}: {self.status}"
+
+
+class SubscriberImport(TimeStampedModel):
+    """One CSV upload from the admin, run by a worker; the page shows its progress and result."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    mailing_list = models.ForeignKey(MailingList, on_delete=models.CASCADE, related_name="imports")
+    file = models.FileField(upload_to="imports/%Y/%m/")
+    options = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    bytes_done = models.BigIntegerField(default=0)
+    bytes_total = models.BigIntegerField(default=0)
+    summary = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    errors_file = models.CharField(max_length=500, blank=True, help_text="Rejected rows, with line and reason.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Import into {self.mailing_list} ({self.status})"

@@ -106,6 +106,11 @@ USE_TZ = True
 # Larger webhook batches are refused by webhooks.middleware with a clear 413 before Django reads them.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 6 * 1024 * 1024
 
+# Uploaded files (CSV imports and their error reports). Web and workers must share this folder; it is not
+# served publicly: the admin hands files out to staff only.
+MEDIA_ROOT = env.str("MEDIA_ROOT", default="") or str(VAR_DIR / "media")
+MEDIA_URL = "/media/"
+
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "staticfiles"
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
