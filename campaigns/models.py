@@ -9,7 +9,7 @@ from core.models import TimeStampedModel
 from delivery.exceptions import TemplateSyntaxInvalid
 from delivery.models import Mailing, Provider
 from delivery.rendering import template_check
-from subscribers.models import MailingList
+from subscribers.models import MailingList, Segment
 
 
 class Template(TimeStampedModel):
@@ -49,6 +49,20 @@ class Campaign(TimeStampedModel):
     name = models.CharField(max_length=200)
     template = models.ForeignKey(Template, null=True, blank=True, on_delete=models.PROTECT, related_name="campaigns")
     lists = models.ManyToManyField(MailingList, blank=True, related_name="campaigns")
+    segment = models.ForeignKey(
+        Segment,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="campaigns",
+        help_text="With lists: their subscribers who match. Alone: every active subscriber who matches.",
+    )
+    exclude_lists = models.ManyToManyField(
+        MailingList,
+        blank=True,
+        related_name="excluded_from_campaigns",
+        help_text="Subscribers of these lists are left out, whatever else they match.",
+    )
     from_email = models.CharField(max_length=320, help_text="For example: Acme News &lt;news@acme.example&gt;")
     reply_to = models.CharField(max_length=320, blank=True)
     provider = models.ForeignKey(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from django.core.exceptions import ValidationError
 from django.core.validators import EmailValidator
 
@@ -35,3 +37,9 @@ def email_clean(address: str) -> str:
 
 def email_domain(address: str) -> str:
     return address.rpartition("@")[2]
+
+
+def address_hash(address: str) -> str:
+    """SHA-256 (hex) of the normalized address: what the suppression list keeps of an erased person, so that a
+    later import or sign-up of the same address is refused without the address itself being stored."""
+    return hashlib.sha256(normalize_email(address).encode("utf-8")).hexdigest()

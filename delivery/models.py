@@ -9,6 +9,7 @@ from __future__ import annotations
 from django.db import models
 from django.db.models import Q
 
+from core.addresses import address_hash
 from core.models import TimeStampedModel
 
 
@@ -41,7 +42,13 @@ class Suppression(models.Model):
         MANUAL = "manual", "Added by hand"
         ERASED = "erased", "Erased on request"
 
-    email = models.CharField(max_length=254, unique=True, help_text="Normalized (lower-case) address.")
+    # Empty (NULL) once the person is erased: only the hash is kept, so the address cannot come back.
+    email = models.CharField(
+        max_length=254, unique=True, null=True, blank=True, help_text="Normalized (lower-case) address."
+    )
+    email_hash = models.CharField(
+        max_length=64, unique=True, help_text="SHA-256 of the normalized address (core.addresses.address_hash)."
+    )
     reason = models.CharField(max_length=20, choices=Reason.choices)
     source = models.CharField(max_length=100, blank=True, help_text="Where it came from, e.g. webhook:postmark.")
     detail = models.TextField(blank=True)
@@ -51,7 +58,12 @@ class Suppression(models.Model):
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
-        return f"{self.email} ({self.reason})"
+        return f"{self.email or 'erased ' + self.email_hash[:12]} ({self.reason})"
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        if self.email and not self.email_hash:
+            self.email_hash = address_hash(self.email)
+        super().save(*args, **kwargs)  # type: ignore[arg-type]
 
 
 class Mailing(TimeStampedModel):

@@ -19,6 +19,23 @@ class Subscriber(TimeStampedModel):
     attributes = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACTIVE)
 
+    # Engagement, kept current (defaults in the database too: the import inserts rows set-wise) as campaigns finish and ESP events are applied (subscribers.services.engagement;
+    # the score is explained in docs/ENGAGEMENT.md).
+    sent_count = models.PositiveIntegerField(
+        default=0, db_default=0, help_text="Campaign messages sent to this subscriber."
+    )
+    open_count = models.PositiveIntegerField(default=0, db_default=0)
+    click_count = models.PositiveIntegerField(default=0, db_default=0)
+    last_sent_at = models.DateTimeField(null=True, blank=True)
+    last_open_at = models.DateTimeField(null=True, blank=True)
+    last_click_at = models.DateTimeField(null=True, blank=True)
+    sent_since_open = models.PositiveIntegerField(
+        default=0, db_default=0, help_text="Campaigns sent since the last open (or ever, if never opened)."
+    )
+    # ln(score) plus the decay accrued since the epoch: the current score is exp(anchor - rate * days since the
+    # epoch), so "score at least N" is a plain comparison on this column and ordering by it orders by score.
+    score_anchor = models.FloatField(null=True, blank=True, help_text="Engagement score, stored decay-free.")
+
     class Meta:
         ordering = ["email"]
         # One unique index and the primary key, nothing more: every index costs each imported row. (unique=True
@@ -28,11 +45,23 @@ class Subscriber(TimeStampedModel):
     def __str__(self) -> str:
         return self.email
 
+    @property
+    def engagement_score(self) -> int:
+        from subscribers.engagement import score_now
+
+        return score_now(self.score_anchor)
+
 
 class MailingList(TimeStampedModel):
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=100, unique=True)
     description = models.TextField(blank=True)
+    double_opt_in = models.BooleanField(
+        default=False, help_text="New subscribers must confirm by email before they receive any campaign."
+    )
+    from_email = models.CharField(
+        max_length=320, blank=True, help_text="Sender of this list's confirmation emails; empty: DEFAULT_FROM_EMAIL."
+    )
     subscribers = models.ManyToManyField(Subscriber, through="Subscription", related_name="lists")
 
     class Meta:
@@ -58,6 +87,8 @@ class Subscription(TimeStampedModel):
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACTIVE)
     source = models.CharField(max_length=100, blank=True)
     unsubscribed_at = models.DateTimeField(null=True, blank=True)
+    confirmation_sent_at = models.DateTimeField(null=True, blank=True)
+    confirmed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -98,3 +129,31 @@ class SubscriberImport(TimeStampedModel):
 
     def __str__(self) -> str:
         return f"Import into {self.mailing_list} ({self.status})"
+
+
+class Segment(TimeStampedModel):
+    """A saved audience rule (subscribers.segments explains the rule language); its count is always live."""
+
+    name = models.CharField(max_length=200, unique=True)
+    description = models.TextField(blank=True)
+    rules = models.JSONField(
+        default=dict,
+        help_text='For example {"all": [{"field": "attribute.plan", "op": "eq", "value": "pro"}, '
+        '{"field": "opened", "op": "within_days", "value": 30}]}',
+    )
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        from subscribers.segments import SegmentRuleInvalid, segment_rules_check
+
+        try:
+            segment_rules_check(self.rules)
+        except SegmentRuleInvalid as exc:
+            raise ValidationError({"rules": exc.message}) from exc
