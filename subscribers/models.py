@@ -19,8 +19,8 @@ class Subscriber(TimeStampedModel):
     attributes = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACTIVE)
 
-    # Engagement, kept current (defaults in the database too: the import inserts rows set-wise) as campaigns finish and ESP events are applied (subscribers.services.engagement;
-    # the score is explained in docs/ENGAGEMENT.md).
+    # Engagement, kept current as campaigns finish and ESP events are applied (subscribers.services.engagement;
+    # the score is explained in docs/ENGAGEMENT.md). Defaults live in the database too: the import inserts set-wise.
     sent_count = models.PositiveIntegerField(
         default=0, db_default=0, help_text="Campaign messages sent to this subscriber."
     )
