@@ -18,7 +18,7 @@ from django.utils import timezone
 from delivery.models import Message, Suppression
 from delivery.services import message_status_apply, suppression_add
 from subscribers.models import Subscriber
-from subscribers.services import subscriber_clean, subscriber_unsubscribe
+from subscribers.services import engagement_event_record, subscriber_clean, subscriber_unsubscribe
 from webhooks.classification import dedupe_key, is_hard_bounce
 from webhooks.models import EspEvent
 
@@ -38,6 +38,7 @@ EVENT_STATUS = {
     "opened": "opened",
     "clicked": "clicked",
 }
+ENGAGEMENT_KIND = {"opened": "open", "clicked": "click"}
 
 
 def _payload(esp_event: Any) -> dict[str, Any]:
@@ -120,6 +121,13 @@ def esp_event_apply(event: EspEvent) -> str:
             return ""  # try again later, once the send is recorded
     outcome = []
     status = EVENT_STATUS.get(event.event_type)
+    if message is not None and event.event_type in ENGAGEMENT_KIND:
+        kind = ENGAGEMENT_KIND[event.event_type]
+        first = getattr(message, "opened_at" if kind == "open" else "clicked_at") is None
+        if engagement_event_record(
+            email=message.to_email, kind=kind, occurred_at=event.occurred_at, is_first_for_message=first
+        ):
+            outcome.append(f"engagement {kind}")
     if message is not None and status is not None:
         if message_status_apply(
             message=message, status=status, occurred_at=event.occurred_at, error=event.mta_response or event.description

@@ -3,19 +3,24 @@ that turns a campaign into a delivery Mailing with one Message per eligible subs
 """
 
 from campaigns.services.campaigns import (
+    campaign_audience,
     campaign_cancel,
+    campaign_finish,
     campaign_schedule,
     campaign_send,
     campaign_start,
     campaigns_dispatch_due,
 )
-from campaigns.services.fanout import audience_count, audience_materialize
+from campaigns.services.fanout import Audience, audience_count, audience_materialize
 from campaigns.services.templates import template_create, template_update
 
 __all__ = [
+    "Audience",
     "audience_count",
     "audience_materialize",
+    "campaign_audience",
     "campaign_cancel",
+    "campaign_finish",
     "campaign_schedule",
     "campaign_send",
     "campaign_start",

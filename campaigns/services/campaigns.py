@@ -8,12 +8,14 @@ from django.utils import timezone
 
 from campaigns.exceptions import CampaignNotSendable
 from campaigns.models import Campaign
-from campaigns.services.fanout import audience_count, audience_materialize
+from campaigns.services.fanout import Audience, audience_count, audience_materialize
 from delivery.models import Mailing
 from delivery.rendering import template_check
 from delivery.selectors import mailing_has_pending
 from delivery.services import mailing_cancel, mailing_create
 from delivery.tasks import mailing_send_start
+from subscribers.segments import SegmentRuleInvalid
+from subscribers.services import engagement_sent_record
 
 logger = logging.getLogger(__name__)
 
@@ -31,18 +33,34 @@ def _check_sendable(campaign: Campaign) -> None:
         template_check(getattr(campaign.template, part), part=part)
     if not campaign.from_email:
         raise CampaignNotSendable(f"Campaign '{campaign.name}' has no sender address.", {"field": "from_email"})
-    list_ids = list(campaign.lists.values_list("pk", flat=True))
-    if not list_ids:
-        raise CampaignNotSendable(f"Campaign '{campaign.name}' targets no list.", {"field": "lists"})
-    if audience_count(list_ids=list_ids) == 0:
+    audience = campaign_audience(campaign=campaign)
+    if audience.is_empty:
+        raise CampaignNotSendable(f"Campaign '{campaign.name}' targets no list and no segment.", {"field": "lists"})
+    try:
+        count = audience_count(audience=audience)
+    except SegmentRuleInvalid as exc:
         raise CampaignNotSendable(
-            f"Campaign '{campaign.name}' has no recipients: its lists have no active, unsuppressed subscriber.",
+            f"Campaign '{campaign.name}': its segment is not valid. {exc.message}", {"field": "segment"}
+        ) from exc
+    if count == 0:
+        raise CampaignNotSendable(
+            f"Campaign '{campaign.name}' has no recipients: no active, unsuppressed subscriber with a confirmed "
+            "subscription matches its lists, segment and exclusions.",
             {"field": "lists"},
         )
 
 
+def campaign_audience(*, campaign: Campaign) -> Audience:
+    """The campaign's aim as it stands now; campaign_start freezes it into Messages."""
+    return Audience(
+        list_ids=list(campaign.lists.values_list("pk", flat=True)),
+        segment_rules=campaign.segment.rules if campaign.segment is not None else None,
+        exclude_list_ids=list(campaign.exclude_lists.values_list("pk", flat=True)),
+    )
+
+
 def _locked(campaign: Campaign) -> Campaign:
-    return Campaign.objects.select_for_update(of=("self",)).select_related("template").get(pk=campaign.pk)
+    return Campaign.objects.select_for_update(of=("self",)).select_related("template", "segment").get(pk=campaign.pk)
 
 
 @transaction.atomic
@@ -83,7 +101,7 @@ def campaign_start(*, campaign: Campaign) -> Campaign:
     template = campaign.template
     if template is None:  # only a draft can lose its template; a scheduled one is read-only
         raise CampaignNotSendable(f"Campaign '{campaign.name}' has no template.", {"field": "template"})
-    list_ids = list(campaign.lists.values_list("pk", flat=True))
+    audience = campaign_audience(campaign=campaign)
     mailing = mailing_create(
         kind=Mailing.Kind.CAMPAIGN,
         name=campaign.name,
@@ -94,9 +112,11 @@ def campaign_start(*, campaign: Campaign) -> Campaign:
         reply_to=campaign.reply_to,
         provider=campaign.provider,
         list_id=f"<campaign-{campaign.pk}.mailer>",
-        owner_data={"campaign_id": campaign.pk, "list_ids": list_ids},
+        # The lists an unsubscribe link leaves; a campaign aimed at a segment alone names none, so its link
+        # unsubscribes from everything.
+        owner_data={"campaign_id": campaign.pk, "list_ids": audience.list_ids},
     )
-    count = audience_materialize(mailing=mailing, list_ids=list_ids)
+    count = audience_materialize(mailing=mailing, audience=audience)
     campaign.mailing = mailing
     campaign.status = Campaign.Status.SENDING
     campaign.started_at = timezone.now()
@@ -129,8 +149,20 @@ def campaigns_dispatch_due() -> dict[str, int]:
     sending = Campaign.objects.filter(status=Campaign.Status.SENDING, mailing__isnull=False)
     for campaign_id, mailing_id in sending.values_list("pk", "mailing_id"):
         if not mailing_has_pending(mailing_id=mailing_id):
-            updated = Campaign.objects.filter(pk=campaign_id, status=Campaign.Status.SENDING).update(
-                status=Campaign.Status.SENT, finished_at=timezone.now()
-            )
-            finished += updated
+            finished += campaign_finish(campaign_id=campaign_id, mailing_id=mailing_id)
     return {"started": started, "finished": finished}
+
+
+@transaction.atomic
+def campaign_finish(*, campaign_id: int, mailing_id: int) -> int:
+    """Close a campaign that has nothing left to send and count the send in its recipients' engagement.
+
+    The status change is the guard: only the run that moves it from sending to sent counts, so two beats
+    racing here count each send once.
+    """
+    updated = Campaign.objects.filter(pk=campaign_id, status=Campaign.Status.SENDING).update(
+        status=Campaign.Status.SENT, finished_at=timezone.now()
+    )
+    if updated:
+        engagement_sent_record(mailing_id=mailing_id)
+    return updated

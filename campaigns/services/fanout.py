@@ -1,56 +1,67 @@
 """The audience fan-out: one INSERT ... SELECT creates a Message per eligible recipient.
 
-Eligible: an active subscriber with an active subscription to one of the campaign's lists, whose address is
-not on the suppression list. The unique (mailing, address) constraint makes running it twice a no-op.
+Eligible: in the campaign's audience (subscribers.selectors.audience_subscribers: lists and/or a segment,
+minus exclusion lists, consent required) and not on the suppression list. The unique (mailing, address)
+constraint makes running it twice a no-op.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import connection
 from django.utils import timezone
 
 from delivery.models import Mailing, Message, Suppression
-from subscribers.models import Subscriber, Subscription
+from subscribers.models import Subscriber
+from subscribers.selectors import audience_subscribers
 
 
-def _audience_sql(list_ids: list[int]) -> tuple[str, list[Any]]:
-    """The campaign's audience: active subscribers with an active subscription to one of the lists."""
-    placeholders = ", ".join(["%s"] * len(list_ids))
-    sql = f"""
-        FROM {Subscriber._meta.db_table} s
-        WHERE s.status = %s
-          AND EXISTS (
-              SELECT 1 FROM {Subscription._meta.db_table} sub
-              WHERE sub.subscriber_id = s.id AND sub.status = %s AND sub.mailing_list_id IN ({placeholders})
-          )
-    """  # noqa: S608 - table names come from models, values are parameters
-    return sql, [Subscriber.Status.ACTIVE, Subscription.Status.ACTIVE, *list_ids]
+@dataclass(frozen=True)
+class Audience:
+    """Who a campaign is aimed at: lists and/or a segment's rules, minus exclusion lists."""
+
+    list_ids: list[int] = field(default_factory=list)
+    segment_rules: Any = None
+    exclude_list_ids: list[int] = field(default_factory=list)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.list_ids and self.segment_rules is None
+
+
+def _audience_sql(audience: Audience) -> tuple[str, list[Any]]:
+    """FROM/WHERE over subscribers `s` for the audience (subscribers.selectors decides who is in it)."""
+    query = audience_subscribers(
+        list_ids=audience.list_ids, segment_rules=audience.segment_rules, exclude_list_ids=audience.exclude_list_ids
+    ).values("pk")
+    inner, params = query.query.sql_with_params()
+    return f"FROM {Subscriber._meta.db_table} s WHERE s.id IN ({inner})", list(params)  # noqa: S608
 
 
 _SUPPRESSED = f"EXISTS (SELECT 1 FROM {Suppression._meta.db_table} x WHERE x.email = s.email)"  # noqa: S608
 
 
-def audience_count(*, list_ids: list[int]) -> int:
+def audience_count(*, audience: Audience) -> int:
     """How many of the audience can be sent to (the suppressed left out)."""
-    if not list_ids:
+    if audience.is_empty:
         return 0
-    where, params = _audience_sql(list_ids)
+    where, params = _audience_sql(audience)
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT COUNT(*) {where} AND NOT {_SUPPRESSED}", params)  # noqa: S608
         return int(cursor.fetchone()[0])
 
 
-def audience_materialize(*, mailing: Mailing, list_ids: list[int]) -> int:
+def audience_materialize(*, mailing: Mailing, audience: Audience) -> int:
     """Insert the Messages of `mailing` for the lists' audience; returns how many rows were inserted.
 
     A suppressed address gets a Message that is `suppressed` from the start: it is never sent, and the
     campaign's numbers show why it was left out.
     """
-    if not list_ids:
+    if audience.is_empty:
         return 0
-    where, params = _audience_sql(list_ids)
+    where, params = _audience_sql(audience)
     now = timezone.now()
     if connection.vendor == "postgresql":
         context = "jsonb_build_object('email', s.email, 'name', s.name, 'attributes', s.attributes)"

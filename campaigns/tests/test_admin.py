@@ -44,7 +44,7 @@ def test_an_unsendable_campaign_gets_a_clear_admin_error(admin_client):
         "/admin/campaigns/campaign/", {"action": "send_now", "_selected_action": [campaign.pk]}, follow=True
     )
 
-    assert _messages(response) == ["Campaign 'Empty' targets no list."]
+    assert _messages(response) == ["Campaign 'Empty' targets no list and no segment."]
     assert not Message.objects.exists()
 
 

@@ -6,6 +6,7 @@ from django.utils import timezone
 from campaigns.exceptions import CampaignNotSendable
 from campaigns.models import Campaign
 from campaigns.services import (
+    Audience,
     audience_materialize,
     campaign_cancel,
     campaign_schedule,
@@ -49,8 +50,8 @@ def test_fan_out_creates_one_message_per_eligible_recipient_once(audience):
     mailing = mailing_create(subject_template="s", html_template="h", text_template="t", from_email="a@b.example")
     list_ids = [lst.pk for lst in audience["lists"]]
 
-    first = audience_materialize(mailing=mailing, list_ids=list_ids)
-    second = audience_materialize(mailing=mailing, list_ids=list_ids)
+    first = audience_materialize(mailing=mailing, audience=Audience(list_ids=list_ids))
+    second = audience_materialize(mailing=mailing, audience=Audience(list_ids=list_ids))
 
     assert first == 3
     assert second == 0

@@ -3,6 +3,7 @@ exporting them, unsubscribing (from one list through a signed link, or from ever
 complaint), and cleaning bounced addresses.
 """
 
+from subscribers.services.engagement import engagement_event_record, engagement_sent_record
 from subscribers.services.exporting import (
     cell_neutralize,
     csv_chunks,
@@ -21,6 +22,8 @@ from subscribers.services.subscriptions import (
 )
 
 __all__ = [
+    "engagement_event_record",
+    "engagement_sent_record",
     "subscriber_clean",
     "subscriber_unsubscribe",
     "subscriber_upsert",
