@@ -12,7 +12,7 @@ from django.utils.html import format_html, format_html_join
 
 from campaigns.models import Campaign, Template
 from campaigns.selectors import campaign_message_counts
-from campaigns.services import campaign_cancel, campaign_schedule, campaign_send
+from campaigns.services import audience_count, campaign_audience, campaign_cancel, campaign_schedule, campaign_send
 from core.exceptions import ApplicationError
 from delivery.models import Message
 
@@ -34,18 +34,29 @@ class CampaignAdmin(admin.ModelAdmin):
     list_display = ["name", "status", "scheduled_at", "finished_at"]
     list_filter = ["status", "lists"]
     search_fields = ["name"]
-    filter_horizontal = ["lists"]
-    readonly_fields = ["status", "started_at", "finished_at", "mailing", "message_counts"]
+    filter_horizontal = ["lists", "exclude_lists"]
+    readonly_fields = ["status", "started_at", "finished_at", "mailing", "message_counts", "audience_size"]
     actions = ["send_now", "schedule", "cancel"]
     fieldsets = [
-        (None, {"fields": ["name", "template", "lists", "from_email", "reply_to", "provider"]}),
+        (None, {"fields": ["name", "template", "from_email", "reply_to", "provider"]}),
+        ("Audience", {"fields": ["lists", "segment", "exclude_lists", "audience_size"]}),
         ("Sending", {"fields": ["status", "scheduled_at", "started_at", "finished_at", "mailing", "message_counts"]}),
     ]
 
     def get_readonly_fields(self, request, obj=None):
         fields = list(super().get_readonly_fields(request, obj))
         if obj is not None and obj.status != Campaign.Status.DRAFT:
-            fields += ["name", "template", "lists", "from_email", "reply_to", "provider", "scheduled_at"]
+            fields += [
+                "name",
+                "template",
+                "lists",
+                "segment",
+                "exclude_lists",
+                "from_email",
+                "reply_to",
+                "provider",
+                "scheduled_at",
+            ]
         else:
             fields.append("scheduled_at")
         return fields
@@ -54,6 +65,21 @@ class CampaignAdmin(admin.ModelAdmin):
         # Once a campaign is under way, what happened to its messages is what the page is for.
         fieldsets = super().get_fieldsets(request, obj)
         return fieldsets[::-1] if obj is not None and obj.status != Campaign.Status.DRAFT else fieldsets
+
+    @admin.display(description="Recipients now")
+    def audience_size(self, obj: Campaign) -> str:
+        """What "Send now" would reach at this moment: the audience minus suppressed addresses."""
+        if obj.pk is None:
+            return "Save the campaign to see its audience."
+        if obj.status != Campaign.Status.DRAFT:
+            return "Fixed when sending started: see the messages by status."
+        audience = campaign_audience(campaign=obj)
+        if audience.is_empty:
+            return "No list or segment chosen yet."
+        try:
+            return f"{audience_count(audience=audience):,}"
+        except ApplicationError as exc:
+            return exc.message
 
     @admin.display(description="Messages by status")
     def message_counts(self, obj: Campaign) -> str:

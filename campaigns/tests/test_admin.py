@@ -112,3 +112,15 @@ def test_demo_data_is_made_once():
     assert set(SIMULATOR_ADDRESSES) <= set(Subscriber.objects.values_list("email", flat=True))
     assert first.mailing_list.subscriptions.count() == DEMO_SIZE
     assert second.campaign.pk == first.campaign.pk
+
+
+def test_the_campaign_page_shows_how_many_the_audience_reaches_now(admin_client):
+    subscription = SubscriptionFactory()
+    SubscriptionFactory(mailing_list=subscription.mailing_list)
+    campaign = CampaignFactory(name="Aim")
+    page = admin_client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+    assert "No list or segment chosen yet." in page
+
+    campaign.lists.set([subscription.mailing_list])
+    page = admin_client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+    assert '<div class="readonly">2</div>' in page

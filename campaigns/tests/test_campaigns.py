@@ -15,7 +15,7 @@ from campaigns.services import (
 )
 from delivery.models import Message
 from delivery.services import mailing_create
-from subscribers.models import Subscriber, Subscription
+from subscribers.models import Segment, Subscriber, Subscription
 from tests.factories import (
     CampaignFactory,
     MailingListFactory,
@@ -180,3 +180,51 @@ def test_cancel_stops_queued_messages(audience, django_capture_on_commit_callbac
     }
     with pytest.raises(CampaignNotSendable):
         campaign_send(campaign=campaign)
+
+
+def test_a_campaign_aimed_at_a_segment_minus_an_exclusion_list_reaches_exactly_those(
+    audience, django_capture_on_commit_callbacks
+):
+    news, other = audience["lists"]
+    staff = MailingListFactory(slug="staff")
+    oslo_staff = SubscriptionFactory(mailing_list=news, subscriber=SubscriberFactory(attributes={"city": "oslo"}))
+    SubscriptionFactory(mailing_list=staff, subscriber=oslo_staff.subscriber)
+    segment = Segment.objects.create(name="Oslo", rules={"field": "attribute.city", "op": "eq", "value": "Oslo"})
+    campaign = CampaignFactory(segment=segment)
+    campaign.lists.set([news])
+    campaign.exclude_lists.set([staff])
+
+    with django_capture_on_commit_callbacks():
+        campaign = campaign_send(campaign=campaign)
+
+    messages = Message.objects.filter(mailing=campaign.mailing)
+    assert list(messages.values_list("to_email", "status")) == [(audience["ok"].subscriber.email, "queued")]
+    assert campaign.mailing.owner_data["list_ids"] == [news.pk]
+
+
+def test_a_campaign_whose_segment_matches_nobody_is_refused_and_stays_a_draft(audience):
+    segment = Segment.objects.create(name="Nobody", rules={"field": "domain", "op": "eq", "value": "nowhere.example"})
+    campaign = CampaignFactory(name="Empty aim", segment=segment)
+
+    with pytest.raises(CampaignNotSendable) as caught:
+        campaign_send(campaign=campaign)
+
+    assert caught.value.message == (
+        "Campaign 'Empty aim' has no recipients: no active, unsuppressed subscriber with a confirmed subscription "
+        "matches its lists, segment and exclusions."
+    )
+    campaign.refresh_from_db()
+    assert campaign.status == Campaign.Status.DRAFT
+    assert not Message.objects.exists()
+
+
+def test_a_campaign_whose_segment_went_bad_is_refused_naming_the_rule(audience):
+    segment = Segment.objects.create(name="Gone", rules={"field": "list", "op": "in", "value": ["deleted-list"]})
+    campaign = CampaignFactory(name="Stale", segment=segment)
+
+    with pytest.raises(CampaignNotSendable) as caught:
+        campaign_send(campaign=campaign)
+
+    assert caught.value.message == (
+        "Campaign 'Stale': its segment is not valid. Segment rule rules.value: no list with slug 'deleted-list'."
+    )
