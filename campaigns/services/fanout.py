@@ -56,6 +56,10 @@ def audience_count(*, audience: Audience) -> int:
 def audience_materialize(*, mailing: Mailing, audience: Audience) -> int:
     """Insert the Messages of `mailing` for the lists' audience; returns how many rows were inserted.
 
+    Messages are numbered most engaged first (subscribers.engagement: ordering by the anchor is ordering by
+    the current score), and workers claim in that order: while a provider warms up and its daily cap cuts a
+    send short, the people most likely to open get the mail, which is what builds the sender's reputation.
+
     A suppressed address gets a Message that is `suppressed` from the start: it is never sent, and the
     campaign's numbers show why it was left out.
     """
@@ -78,7 +82,7 @@ def audience_materialize(*, mailing: Mailing, audience: Audience) -> int:
                CASE WHEN {_SUPPRESSED} THEN %s ELSE '' END,
                %s, %s
         {where}
-        ORDER BY s.id
+        ORDER BY s.score_anchor DESC NULLS LAST, s.id
         ON CONFLICT (mailing_id, to_email) DO NOTHING
     """  # noqa: S608
     values: list[Any] = [

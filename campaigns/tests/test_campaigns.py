@@ -15,6 +15,7 @@ from campaigns.services import (
 )
 from delivery.models import Message
 from delivery.services import mailing_create
+from subscribers.engagement import anchor_after
 from subscribers.models import Segment, Subscriber, Subscription
 from tests.factories import (
     CampaignFactory,
@@ -228,3 +229,22 @@ def test_a_campaign_whose_segment_went_bad_is_refused_naming_the_rule(audience):
     assert caught.value.message == (
         "Campaign 'Stale': its segment is not valid. Segment rule rules.value: no list with slug 'deleted-list'."
     )
+
+
+def test_the_most_engaged_subscribers_are_queued_first():
+    news = MailingListFactory()
+    now = timezone.now()
+    scores = {"never@example.org": None, "low@example.org": 5, "high@example.org": 90, "mid@example.org": 40}
+    for email, points in scores.items():
+        anchor = None if points is None else anchor_after(None, points=points, at=now)
+        SubscriptionFactory(mailing_list=news, subscriber=SubscriberFactory(email=email, score_anchor=anchor))
+    mailing = mailing_create(subject_template="s", html_template="h", text_template="t", from_email="a@b.example")
+
+    audience_materialize(mailing=mailing, audience=Audience(list_ids=[news.pk]))
+
+    assert list(Message.objects.order_by("pk").values_list("to_email", flat=True)) == [
+        "high@example.org",
+        "mid@example.org",
+        "low@example.org",
+        "never@example.org",
+    ]
