@@ -65,7 +65,9 @@ def rows_ensure(count: int) -> None:
         anchor = "CASE WHEN i %% 10 < 6 THEN ln(5 + i %% 90) + %s - %s * (i %% 120) END"
     else:
         first, last = int(have), int(count - 1)
-        series = f"WITH RECURSIVE g(i) AS (SELECT {first} UNION ALL SELECT i + 1 FROM g WHERE i < {last}) SELECT i FROM g"  # noqa: E501, S608
+        series = (
+            f"WITH RECURSIVE g(i) AS (SELECT {first} UNION ALL SELECT i + 1 FROM g WHERE i < {last}) SELECT i FROM g"  # noqa: E501, S608
+        )
         attributes = (
             "json_object('plan', CASE i %% 4 WHEN 0 THEN 'free' WHEN 1 THEN 'basic' WHEN 2 THEN 'pro' ELSE 'team' "
             "END, 'age', CAST(18 + i %% 60 AS TEXT), 'city', CASE i %% 5 WHEN 0 THEN 'Oslo' WHEN 1 THEN 'Lyon' "

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.db.models import Count
 
+from core.addresses import address_hash
 from delivery.models import Message, Suppression
 
 
@@ -19,4 +20,10 @@ def mailing_has_pending(*, mailing_id: int) -> bool:
 
 
 def suppression_is_suppressed(*, email: str) -> bool:
-    return Suppression.objects.filter(email=email).exists()
+    """By hash: an erased person's suppression keeps only the hash of the address, and must still count."""
+    return Suppression.objects.filter(email_hash=address_hash(email)).exists()
+
+
+def suppression_is_erased(*, email: str) -> bool:
+    """Whether the address's owner had it erased: the suppression list keeps its hash and no address."""
+    return Suppression.objects.filter(email_hash=address_hash(email), email=None).exists()

@@ -11,6 +11,9 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.http import content_disposition_header
 
+from subscribers import admin_segments  # noqa: F401 - registers SegmentAdmin
+from subscribers.admin_hygiene import MailingListHygieneAdmin
+from subscribers.admin_privacy import SubscriberPrivacyAdmin
 from subscribers.models import MailingList, Subscriber, SubscriberImport, Subscription
 from subscribers.services import subscribers_export_csv
 from subscribers.services.import_jobs import subscriber_import_progress, subscriber_import_start
@@ -36,13 +39,13 @@ class SubscriptionInline(admin.TabularInline):
 
 
 @admin.register(Subscriber)
-class SubscriberAdmin(admin.ModelAdmin):
+class SubscriberAdmin(SubscriberPrivacyAdmin):  # the personal data export and erasure actions
     list_display = ["email", "name", "status", "created_at"]
     list_filter = ["status", "lists"]
     search_fields = ["email", "name"]
     inlines = [SubscriptionInline]
     show_full_result_count = False
-    actions = ["export_selected_csv"]
+    actions = ["export_selected_csv", "export_personal_data", "erase_personal_data"]
 
     @admin.action(description="Export selected as CSV")
     def export_selected_csv(self, request, queryset):
@@ -50,11 +53,12 @@ class SubscriberAdmin(admin.ModelAdmin):
 
 
 @admin.register(MailingList)
-class MailingListAdmin(admin.ModelAdmin):
-    list_display = ["name", "slug", "active_count", "created_at"]
+class MailingListAdmin(MailingListHygieneAdmin):  # the hygiene report's action and pages
+    list_display = ["name", "slug", "double_opt_in", "from_email", "active_count", "created_at"]
+    list_filter = ["double_opt_in"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
-    actions = ["export_subscribers_csv"]
+    actions = ["export_subscribers_csv", "hygiene_report"]
 
     def get_queryset(self, request):
         return (

@@ -248,3 +248,13 @@ def test_the_most_engaged_subscribers_are_queued_first():
         "low@example.org",
         "never@example.org",
     ]
+
+
+def test_a_subscriber_pending_confirmation_gets_no_message(audience):
+    news = audience["lists"][0]
+    SubscriptionFactory(mailing_list=news, status=Subscription.Status.PENDING)
+    mailing = mailing_create(subject_template="s", html_template="h", text_template="t", from_email="a@b.example")
+
+    audience_materialize(mailing=mailing, audience=Audience(list_ids=[news.pk]))
+
+    assert set(Message.objects.values_list("to_email", flat=True)) == audience["recipients"] | {audience["suppressed"]}

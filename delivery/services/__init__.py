@@ -4,14 +4,14 @@ The engine honours the suppression list on every path, claims work in chunks, ma
 database transaction, and records every outcome so that no message vanishes.
 """
 
-from delivery.services.mailings import mailing_cancel, mailing_create, message_status_apply
+from delivery.services.mailings import mailing_cancel, mailing_create, message_status_apply, messages_erase_address
 from delivery.services.sending import (
     ChunkResult,
     mailing_send_chunk,
     mailings_pump,
     messages_reclaim_expired,
 )
-from delivery.services.suppression import suppression_add, suppression_remove
+from delivery.services.suppression import suppression_add, suppression_erase_address, suppression_remove
 
 __all__ = [
     "ChunkResult",
@@ -20,7 +20,9 @@ __all__ = [
     "mailing_send_chunk",
     "mailings_pump",
     "message_status_apply",
+    "messages_erase_address",
     "messages_reclaim_expired",
     "suppression_add",
+    "suppression_erase_address",
     "suppression_remove",
 ]

@@ -3,6 +3,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from django.db import transaction
+from django.db.models import Case, CharField, F, TextField, Value, When
+from django.db.models.functions import Cast, Concat
+from django.utils import timezone
+
+from core.addresses import normalize_email
 from delivery.models import Mailing, Message, Provider
 
 # How far along a message is. A status only moves to a higher rank, so a late `delivered` never
@@ -79,3 +85,33 @@ def mailing_cancel(*, mailing: Mailing) -> int:
     return Message.objects.filter(mailing=mailing, status=Message.Status.QUEUED).update(
         status=Message.Status.CANCELLED, last_error="mailing cancelled"
     )
+
+
+ERASED_DOMAIN = "erased.invalid"
+
+
+@transaction.atomic
+def messages_erase_address(*, email: str) -> tuple[int, int]:
+    """Forget an address in every message to it: returns (messages stopped, messages anonymized).
+
+    Messages still queued end `suppressed`; a message already claimed by a worker may still go out, and its
+    outcome is recorded over the anonymized row. Each row keeps its status and dates (the mailing's counts
+    stay right) but gets a placeholder address unique per row, since a mailing holds each address once, and
+    loses its personal context, and its last error where that quotes the address (MTA responses often do).
+    """
+    address = normalize_email(email)
+    messages = Message.objects.filter(to_email=address)
+    stopped = messages.filter(status=Message.Status.QUEUED).update(
+        status=Message.Status.SUPPRESSED, last_error="address erased on request"
+    )
+    anonymized = messages.update(
+        to_email=Concat(
+            Value("erased-"), Cast("pk", CharField()), Value(f"@{ERASED_DOMAIN}"), output_field=CharField()
+        ),
+        context={},
+        last_error=Case(
+            When(last_error__icontains=address, then=Value("")), default=F("last_error"), output_field=TextField()
+        ),
+        updated_at=timezone.now(),
+    )
+    return stopped, anonymized

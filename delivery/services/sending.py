@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.utils import make_msgid
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
@@ -24,14 +26,14 @@ from django.core.mail import EmailMultiAlternatives
 from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
-from django.utils.html import strip_tags
+from django.utils.html import format_html, strip_tags
 
-from core.addresses import email_domain
+from core.addresses import address_hash, email_domain
 from delivery.exceptions import TemplateRenderFailed
 from delivery.models import Mailing, Message, Provider, Suppression
 from delivery.providers import provider_connection, send_error_classify
 from delivery.rendering import compiled_mailing
-from delivery.unsubscribe import unsubscribe_token_make, unsubscribe_url
+from delivery.unsubscribe import preferences_url, unsubscribe_token_make, unsubscribe_url
 
 logger = logging.getLogger(__name__)
 
@@ -100,18 +102,58 @@ def _address_only(value: str) -> str:
     return parseaddr(value)[1]
 
 
+_LINK_NAMES = re.compile(r"\b(?:unsubscribe_url|preferences_url)\b")
+
+
+@lru_cache(maxsize=128)
+def _mentions_links(source: str) -> bool:
+    """Whether a template places the unsubscribe or preference link itself; once per template source."""
+    return bool(_LINK_NAMES.search(source))
+
+
+def _html_footer_add(html: str, preferences_link: str, unsubscribe_link: str) -> str:
+    footer = format_html(
+        '<p style="margin:24px 0 0;font-size:12px;line-height:1.5;color:#5a5f69">'
+        '<a href="{}" style="color:#1f5fbf">Manage your subscriptions</a> &middot; '
+        '<a href="{}" style="color:#1f5fbf">Unsubscribe</a></p>',
+        preferences_link,
+        unsubscribe_link,
+    )
+    # Inside the body when there is one: content after </html> is dropped or misplaced by some clients.
+    end = html.lower().rfind("</body>")
+    return html[:end] + footer + html[end:] if end != -1 else html + footer
+
+
+def _text_footer_add(text: str, preferences_link: str, unsubscribe_link: str) -> str:
+    body = f"{text.rstrip()}\n\n" if text.strip() else ""
+    return f"{body}--\nManage your subscriptions: {preferences_link}\nUnsubscribe: {unsubscribe_link}\n"
+
+
 def message_build(mailing: Mailing, message: Message) -> EmailMultiAlternatives:
-    """Render one message from the Mailing's compiled templates and the Message's own context."""
+    """Render one message from the Mailing's compiled templates and the Message's own context.
+
+    Every bulk message carries a way out: a part (HTML or text) whose template places neither the unsubscribe nor
+    the preference link gets a small footer with both. A text part derived from the HTML gets it too, since
+    stripping the tags loses the links' addresses.
+    """
     compiled = compiled_mailing(mailing.pk, mailing.subject_template, mailing.html_template, mailing.text_template)
     context = dict(message.context or {})
     context.setdefault("email", message.to_email)
     context.setdefault("subscriber", dict(context))
     token = unsubscribe_token_make(message.pk) if mailing.is_bulk else ""
     link = unsubscribe_url(message.pk, token) if mailing.is_bulk else ""
+    preferences_link = preferences_url(message.pk) if mailing.is_bulk else ""
     if mailing.is_bulk:
         context["unsubscribe_url"] = link
+        context["preferences_url"] = preferences_link
     rendered = compiled.render(context)
-    text = rendered.text or (strip_tags(rendered.html).strip() if rendered.html else "")
+    html = rendered.html
+    text = rendered.text or (strip_tags(html).strip() if html else "")
+    if mailing.is_bulk:
+        if html and not _mentions_links(mailing.html_template):
+            html = _html_footer_add(html, preferences_link, link)
+        if not (rendered.text and _mentions_links(mailing.text_template)):
+            text = _text_footer_add(text, preferences_link, link)
     email = EmailMultiAlternatives(
         subject=rendered.subject,
         body=text,
@@ -120,8 +162,8 @@ def message_build(mailing: Mailing, message: Message) -> EmailMultiAlternatives:
         reply_to=[mailing.reply_to] if mailing.reply_to else None,
         headers=_headers(mailing, message, link, token),
     )
-    if rendered.html:
-        email.attach_alternative(rendered.html, "text/html")
+    if html:
+        email.attach_alternative(html, "text/html")
     # Our own id travels with the message, so a webhook finds it whatever id the ESP gave it.
     email.metadata = {"mailer_msg": str(message.pk)}  # type: ignore[attr-defined]
     return email
@@ -142,15 +184,17 @@ def mailing_send_chunk(*, mailing_id: int, chunk_size: int | None = None) -> Chu
         return result
     mailing = Mailing.objects.select_related("provider").get(pk=mailing_id)
 
-    # The suppression list is checked after the claim, as close to the send as it can be.
+    # The suppression list is checked after the claim, as close to the send as it can be. By hash: an erased
+    # person's row keeps only the hash of the address, and it must stop the send as surely as the address would.
+    hashes = {message.pk: address_hash(message.to_email) for message in messages}
     suppressed = set(
-        Suppression.objects.filter(email__in=[m.to_email for m in messages]).values_list("email", flat=True)
+        Suppression.objects.filter(email_hash__in=set(hashes.values())).values_list("email_hash", flat=True)
     )
     now = timezone.now()
     done: list[Message] = []
     to_send: list[Message] = []
     for message in messages:
-        if message.to_email in suppressed:
+        if hashes[message.pk] in suppressed:
             message.status = Message.Status.SUPPRESSED
             message.last_error = "address is on the suppression list"
             done.append(message)

@@ -1,8 +1,10 @@
+"""The suppression list: addresses that must never be mailed again, and the hashes of erased people's addresses."""
+
 from __future__ import annotations
 
 from django.db import transaction
 
-from core.addresses import normalize_email
+from core.addresses import address_hash, normalize_email
 from delivery.models import Message, Suppression
 
 
@@ -11,10 +13,13 @@ def suppression_add(*, email: str, reason: str, source: str, detail: str = "") -
     """Suppress an address for good. The first reason stays; later ones do not overwrite it.
 
     Messages still waiting for that address end `suppressed` at once, so a queued send cannot slip through.
+    Looked up by hash, so that an erased address (a row with only the hash) is found too and is not written back:
+    its owner asked for it to be forgotten, and it is suppressed already.
     """
     address = normalize_email(email)
     suppression, created = Suppression.objects.get_or_create(
-        email=address, defaults={"reason": reason, "source": source, "detail": detail[:2000]}
+        email_hash=address_hash(address),
+        defaults={"email": address, "reason": reason, "source": source, "detail": detail[:2000]},
     )
     if created:
         Message.objects.filter(to_email=address, status=Message.Status.QUEUED).update(
@@ -26,3 +31,22 @@ def suppression_add(*, email: str, reason: str, source: str, detail: str = "") -
 def suppression_remove(*, email: str) -> bool:
     deleted, _ = Suppression.objects.filter(email=normalize_email(email)).delete()
     return bool(deleted)
+
+
+@transaction.atomic
+def suppression_erase_address(*, email: str, source: str) -> tuple[Suppression, bool]:
+    """Keep an erased person's address suppressed by its hash alone. Returns the row and whether it is new.
+
+    A row that already held the address loses it (and its detail, where MTA responses quote the address) but
+    keeps its reason, by the rule of suppression_add: the first reason stays. An erased row is the one whose
+    email is empty, whatever its reason; subscribers refuse to add such an address again.
+    """
+    suppression, created = Suppression.objects.get_or_create(
+        email_hash=address_hash(email),
+        defaults={"email": None, "reason": Suppression.Reason.ERASED, "source": source},
+    )
+    if not created and (suppression.email is not None or suppression.detail):
+        suppression.email = None
+        suppression.detail = ""
+        suppression.save(update_fields=["email", "detail"])
+    return suppression, created

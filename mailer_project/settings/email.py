@@ -57,3 +57,6 @@ MAILER_MAX_ATTEMPTS = env.int("MAILER_MAX_ATTEMPTS", default=5)
 MAILER_LEASE_SECONDS = env.int("MAILER_LEASE_SECONDS", default=300)
 MAILER_UNSUBSCRIBE_MAILTO = env.str("MAILER_UNSUBSCRIBE_MAILTO", default="")
 MAILER_SEND_PARALLELISM = env.int("MAILER_SEND_PARALLELISM", default=2)
+
+# Double opt-in: how long a confirmation link works; `manage.py optin_resend` re-sends the ones older than this.
+MAILER_OPTIN_EXPIRY_DAYS = env.int("MAILER_OPTIN_EXPIRY_DAYS", default=7)

@@ -9,16 +9,25 @@ from django.utils import timezone
 
 from core.addresses import email_clean, normalize_email
 from delivery.models import Message, Suppression
+from delivery.selectors import suppression_is_erased
 from delivery.services import suppression_add
 from delivery.unsubscribe import unsubscribe_token_read
-from subscribers.exceptions import UnsubscribeLinkInvalid
+from subscribers.exceptions import AddressErased, UnsubscribeLinkInvalid
 from subscribers.models import MailingList, Subscriber, Subscription
+from subscribers.services.optin import OPTIN_RESEND_THROTTLE, optin_confirmation_send
 
 
 @transaction.atomic
 def subscriber_upsert(*, email: str, name: str = "", attributes: dict[str, Any] | None = None) -> Subscriber:
-    """Create or update a subscriber by normalized address; attributes are merged, never dropped."""
+    """Create or update a subscriber by normalized address; attributes are merged, never dropped.
+
+    An erased address is refused: its owner asked to be forgotten, and only its hash is left to say so.
+    """
     address = email_clean(email)
+    if suppression_is_erased(email=address):
+        raise AddressErased(
+            f"{address} was erased at its owner's request and cannot be added again.", {"email": address}
+        )
     subscriber, created = Subscriber.objects.get_or_create(
         email=address, defaults={"name": name, "attributes": attributes or {}}
     )
@@ -47,13 +56,21 @@ def subscription_create(
     source: str = "admin",
 ) -> Subscription:
     """Subscribe an address to a list. An unsubscribed subscription stays unsubscribed: consent given up is
-    not taken back silently."""
+    not taken back silently.
+
+    On a double opt-in list a new subscription is pending, and the address gets a confirmation link once this
+    commits. Signing up again while pending re-sends it (the first may have been lost), at most once per
+    OPTIN_RESEND_THROTTLE, so that nobody can flood an address through the sign-up form.
+    """
     subscriber = subscriber_upsert(email=email, name=name, attributes=attributes)
-    subscription, _ = Subscription.objects.get_or_create(
+    initial = Subscription.Status.PENDING if mailing_list.double_opt_in else Subscription.Status.ACTIVE
+    subscription, created = Subscription.objects.get_or_create(
         subscriber=subscriber,
         mailing_list=mailing_list,
-        defaults={"status": Subscription.Status.ACTIVE, "source": source},
+        defaults={"status": initial, "source": source},
     )
+    if subscription.status == Subscription.Status.PENDING:
+        optin_confirmation_send(subscription=subscription, throttle=None if created else OPTIN_RESEND_THROTTLE)
     return subscription
 
 
