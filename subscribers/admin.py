@@ -11,11 +11,14 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.http import content_disposition_header
 
+from core.addresses import email_clean
+from core.exceptions import ApplicationError
+from delivery.selectors import suppression_is_erased
 from subscribers import admin_segments  # noqa: F401 - registers SegmentAdmin
 from subscribers.admin_hygiene import MailingListHygieneAdmin
 from subscribers.admin_privacy import SubscriberPrivacyAdmin
 from subscribers.models import MailingList, Subscriber, SubscriberImport, Subscription
-from subscribers.services import subscribers_export_csv
+from subscribers.services import subscribers_export_csv, subscription_create
 from subscribers.services.import_jobs import subscriber_import_progress, subscriber_import_start
 from subscribers.services.importing import ImportOptions
 
@@ -80,6 +83,27 @@ class MailingListAdmin(MailingListHygieneAdmin):  # the hygiene report's action 
         return _csv_download(subscribers_export_csv(mailing_list=lists[0]), lists[0].slug)
 
 
+class SubscriptionAddForm(forms.ModelForm):
+    """Subscribe an address from the admin: the same service a sign-up form calls, so a double opt-in list gets
+    a pending subscription and a confirmation email, and an address that left stays out."""
+
+    email = forms.CharField(max_length=254)
+    name = forms.CharField(max_length=200, required=False)
+
+    class Meta:
+        model = Subscription
+        fields = ["mailing_list"]
+
+    def clean_email(self) -> str:
+        try:
+            address = email_clean(self.cleaned_data["email"])
+        except ApplicationError as exc:
+            raise forms.ValidationError(exc.message) from exc
+        if suppression_is_erased(email=address):
+            raise forms.ValidationError("This address was erased at its owner's request and cannot be added again.")
+        return address
+
+
 @admin.register(Subscription)
 class SubscriptionAdmin(admin.ModelAdmin):
     list_display = ["subscriber", "mailing_list", "status", "source", "created_at"]
@@ -87,6 +111,32 @@ class SubscriptionAdmin(admin.ModelAdmin):
     search_fields = ["subscriber__email"]
     raw_id_fields = ["subscriber"]
     list_select_related = ["subscriber", "mailing_list"]
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        if obj is None:
+            kwargs["form"] = SubscriptionAddForm
+            kwargs["fields"] = ["mailing_list", "email", "name"]
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_fields(self, request, obj=None):
+        return ["mailing_list", "email", "name"] if obj is None else super().get_fields(request, obj)
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            return super().save_model(request, obj, form, change)
+        created = subscription_create(
+            mailing_list=form.cleaned_data["mailing_list"],
+            email=form.cleaned_data["email"],
+            name=form.cleaned_data["name"],
+            source="admin",
+        )
+        obj.pk, obj.subscriber, obj.status = created.pk, created.subscriber, created.status
+        if created.status == Subscription.Status.PENDING:
+            self.message_user(request, "The subscription is pending until the address confirms it by email.")
+        elif created.status == Subscription.Status.UNSUBSCRIBED:
+            self.message_user(
+                request, "This address unsubscribed from the list before; it stays unsubscribed.", messages.WARNING
+            )
 
 
 class SubscriberImportForm(forms.ModelForm):

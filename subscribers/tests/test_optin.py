@@ -283,3 +283,36 @@ def test_the_list_admin_shows_and_edits_double_opt_in_and_sender(admin_client, n
 
     assert "column-double_opt_in" in changelist and "News &lt;news@mailer.example&gt;" in changelist
     assert 'name="double_opt_in"' in form and 'name="from_email"' in form
+
+
+def test_subscribing_an_address_from_the_admin_asks_a_double_opt_in_list_for_confirmation(
+    news, admin_client, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks() as callbacks:  # the send starts after commit
+        response = admin_client.post(
+            "/admin/subscribers/subscription/add/",
+            {"mailing_list": news.pk, "email": " Ann@Example.org ", "name": "Ann"},
+            follow=True,
+        )
+
+    assert response.status_code == 200
+    assert "pending until the address confirms it by email" in response.content.decode()
+    subscription = Subscription.objects.get()
+    assert (subscription.subscriber.email, subscription.status, subscription.source) == (
+        "ann@example.org",
+        Subscription.Status.PENDING,
+        "admin",
+    )
+    assert subscription.confirmation_sent_at is not None
+    assert Message.objects.get().to_email == "ann@example.org"
+    assert len(callbacks) == 1
+
+
+def test_the_admin_form_refuses_an_invalid_address_and_stores_nothing(news, admin_client):
+    response = admin_client.post(
+        "/admin/subscribers/subscription/add/", {"mailing_list": news.pk, "email": "not-an-address", "name": ""}
+    )
+
+    assert response.status_code == 200
+    assert "is not a valid email address" in response.content.decode()
+    assert not Subscription.objects.exists() and not Subscriber.objects.exists()
