@@ -1,5 +1,5 @@
 """Demo data for `make run`: a list of 1,000 subscribers (with the ESP simulator's bounce and complaint
-addresses), a template and a draft campaign. Running it again changes nothing."""
+addresses), a template, a draft campaign and two example segments. Running it again changes nothing."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from django.db import transaction
 
 from campaigns.models import Campaign, Template
-from subscribers.models import MailingList, Subscriber, Subscription
+from subscribers.models import MailingList, Segment, Subscriber, Subscription
 
 DEMO_LIST_SLUG = "demo"
 DEMO_SIZE = 1000
@@ -33,6 +33,19 @@ Here is what is new in {{ attributes.city | default("your town") }} this week:
 https://example.com/news
 
 Unsubscribe: {{ unsubscribe_url }}"""
+
+
+# Examples of the rule language (docs/SEGMENTS.md) that match part of the demo list.
+DEMO_SEGMENTS = {
+    "Demo: pro plan in Oslo or Lisbon": {
+        "all": [
+            {"field": "list", "op": "in", "value": [DEMO_LIST_SLUG]},
+            {"field": "attribute.plan", "op": "eq", "value": "pro"},
+            {"field": "attribute.city", "op": "in", "value": ["Oslo", "Lisbon"]},
+        ]
+    },
+    "Demo: opened in the last 30 days": {"field": "opened", "op": "within_days", "value": 30},
+}
 
 
 @dataclass(frozen=True)
@@ -76,4 +89,6 @@ def demo_data_ensure(*, size: int = DEMO_SIZE) -> DemoData:
             name="Demo campaign", template=template, from_email="Mailer Demo <demo@mailer.example>"
         )
         campaign.lists.set([mailing_list])
+    for name, rules in DEMO_SEGMENTS.items():
+        Segment.objects.get_or_create(name=name, defaults={"rules": rules, "description": "Made by `make run`."})
     return DemoData(mailing_list, template, campaign, len(new))

@@ -8,7 +8,8 @@ from django.utils import timezone
 from campaigns.models import Campaign
 from campaigns.services.demo import DEMO_SIZE, SIMULATOR_ADDRESSES, demo_data_ensure
 from delivery.models import Message
-from subscribers.models import Subscriber
+from subscribers.models import Segment, Subscriber
+from subscribers.selectors import segment_count
 from tests.factories import CampaignFactory, SubscriptionFactory
 
 pytestmark = pytest.mark.django_db
@@ -112,6 +113,10 @@ def test_demo_data_is_made_once():
     assert set(SIMULATOR_ADDRESSES) <= set(Subscriber.objects.values_list("email", flat=True))
     assert first.mailing_list.subscriptions.count() == DEMO_SIZE
     assert second.campaign.pk == first.campaign.pk
+    # the example segments are valid rules that pick part of the list
+    pro = Segment.objects.get(name="Demo: pro plan in Oslo or Lisbon")
+    assert 0 < segment_count(segment=pro) < DEMO_SIZE
+    assert segment_count(segment=Segment.objects.get(name="Demo: opened in the last 30 days")) == 0
 
 
 def test_the_campaign_page_shows_how_many_the_audience_reaches_now(admin_client):
