@@ -55,7 +55,8 @@ class Campaign(TimeStampedModel):
         blank=True,
         on_delete=models.PROTECT,
         related_name="campaigns",
-        help_text="With lists: their subscribers who match. Alone: every active subscriber who matches.",
+        help_text="With lists: their subscribers who match. Alone: every subscriber who matches and has a "
+        "confirmed subscription to some list.",
     )
     exclude_lists = models.ManyToManyField(
         MailingList,

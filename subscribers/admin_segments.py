@@ -21,11 +21,32 @@ from subscribers.services import subscribers_export_csv
 SAMPLE_SIZE = 10
 
 
+def rules_format(rule: object, depth: int = 0) -> str:
+    """JSON laid out as people read a rule: groups indented, each condition on one line."""
+    pad = "  " * depth
+    if isinstance(rule, dict) and len(rule) == 1 and next(iter(rule)) in ("all", "any", "not"):
+        key, members = next(iter(rule.items()))
+        if key == "not":
+            return f'{{"not": {rules_format(members, depth)}}}'
+        if isinstance(members, list) and members:
+            inner = ",\n".join(f"{pad}  {rules_format(member, depth + 1)}" for member in members)
+            return f'{{"{key}": [\n{inner}\n{pad}]}}'
+    return json.dumps(rule, ensure_ascii=False)
+
+
+class _RulesField(forms.JSONField):
+    def prepare_value(self, value):  # type: ignore[no-untyped-def]
+        if isinstance(value, forms.fields.InvalidJSONInput):
+            return value
+        return rules_format(value)
+
+
 class SegmentForm(forms.ModelForm):
+    rules = _RulesField(widget=forms.Textarea(attrs={"rows": 16, "cols": 90, "style": "font-family: monospace"}))
+
     class Meta:
         model = Segment
         fields = ["name", "description", "rules"]
-        widgets = {"rules": forms.Textarea(attrs={"rows": 16, "cols": 90, "style": "font-family: monospace"})}
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -73,7 +94,10 @@ class SegmentAdmin(admin.ModelAdmin):
             return "—"
         if not emails:
             return "Nobody matches."
-        return format_html("<ul>{}</ul>", format_html_join("", "<li>{}</li>", ((email,) for email in emails)))
+        return format_html(
+            '<ul style="margin:0;padding:0;list-style:none">{}</ul>',
+            format_html_join("", "<li>{}</li>", ((email,) for email in emails)),
+        )
 
     @admin.action(description="Count matching subscribers")
     def count_matching(self, request: HttpRequest, queryset: QuerySet[Segment]) -> None:

@@ -10,6 +10,7 @@ import json
 import pytest
 from django.core.management import CommandError, call_command
 
+from subscribers.admin_segments import rules_format
 from subscribers.models import Segment
 from tests.factories import MailingListFactory, SubscriberFactory, SubscriptionFactory
 
@@ -91,3 +92,17 @@ def test_the_export_command_refuses_an_unknown_or_broken_segment(name, error, tm
 
     assert str(caught.value) == error
     assert not output.exists()
+
+
+def test_the_rule_is_shown_one_condition_per_line_and_reads_back_the_same():
+    rules = {
+        "all": [
+            {"field": "list", "op": "in", "value": ["news"]},
+            {"any": [{"field": "score", "op": "gte", "value": 5}, {"not": {"field": "opened", "op": "never"}}]},
+        ]
+    }
+
+    text = rules_format(rules)
+
+    assert text.splitlines()[1] == '  {"field": "list", "op": "in", "value": ["news"]},'
+    assert json.loads(text) == rules
