@@ -10,7 +10,7 @@ import json
 import pytest
 from django.core.management import CommandError, call_command
 
-from subscribers.admin_segments import rules_format
+from subscribers.admin.segments import rules_format
 from subscribers.models import Segment
 from tests.factories import MailingListFactory, SubscriberFactory, SubscriptionFactory
 

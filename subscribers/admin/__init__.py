@@ -1,3 +1,6 @@
+"""The subscribers admin: subscribers, lists, subscriptions and CSV imports here; the hygiene report, privacy
+actions and segments in their own modules."""
+
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,9 +17,9 @@ from django.utils.http import content_disposition_header
 from core.addresses import email_clean
 from core.exceptions import ApplicationError
 from delivery.selectors import suppression_is_erased
-from subscribers import admin_segments  # noqa: F401 - registers SegmentAdmin
-from subscribers.admin_hygiene import MailingListHygieneAdmin
-from subscribers.admin_privacy import SubscriberPrivacyAdmin
+from subscribers.admin import segments  # noqa: F401 - registers SegmentAdmin
+from subscribers.admin.hygiene import MailingListHygieneAdmin
+from subscribers.admin.privacy import SubscriberPrivacyAdmin
 from subscribers.models import MailingList, Subscriber, SubscriberImport, Subscription
 from subscribers.services import subscribers_export_csv, subscription_create
 from subscribers.services.import_jobs import subscriber_import_progress, subscriber_import_start
