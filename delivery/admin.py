@@ -1,6 +1,10 @@
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
 
+from core.addresses import email_clean
+from core.exceptions import ApplicationError
 from delivery.models import Mailing, Message, Provider, Suppression
+from delivery.services import suppression_add
 
 
 @admin.register(Provider)
@@ -11,12 +15,53 @@ class ProviderAdmin(admin.ModelAdmin):
     search_fields = ["name"]
 
 
+class SuppressionAddForm(forms.ModelForm):
+    email = forms.CharField(max_length=254, help_text="The address to suppress; stored normalized.")
+
+    class Meta:
+        model = Suppression
+        fields = ["email", "reason", "detail"]
+
+    def clean_email(self) -> str:
+        try:
+            return email_clean(self.cleaned_data["email"])
+        except ApplicationError as exc:
+            raise forms.ValidationError(exc.message) from exc
+
+
 @admin.register(Suppression)
 class SuppressionAdmin(admin.ModelAdmin):
-    list_display = ["email", "reason", "source", "created_at"]
+    list_display = ["__str__", "reason", "source", "created_at"]
     list_filter = ["reason", "source"]
-    search_fields = ["email"]
+    search_fields = ["email", "email_hash"]
     date_hierarchy = "created_at"
+    readonly_fields = ["email", "email_hash", "reason", "source", "created_at"]
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        if obj is None:
+            kwargs["form"] = SuppressionAddForm
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_fields(self, request, obj=None):
+        return ["email", "reason", "detail"] if obj is None else [*self.readonly_fields, "detail"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [] if obj is None else self.readonly_fields
+
+    def save_model(self, request, obj, form, change):
+        """Adding goes through suppression_add: queued messages to the address end suppressed at once, and an
+        address already on the list (or erased) keeps its first reason."""
+        if change:
+            return super().save_model(request, obj, form, change)
+        suppression, created = suppression_add(
+            email=form.cleaned_data["email"],
+            reason=form.cleaned_data["reason"],
+            source=f"admin:{request.user.get_username()}",
+            detail=form.cleaned_data["detail"],
+        )
+        obj.pk = suppression.pk
+        if not created:
+            self.message_user(request, "That address was already suppressed; its first reason stays.", messages.WARNING)
 
 
 @admin.register(Mailing)
