@@ -16,11 +16,13 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from delivery.models import Message, Suppression
+from delivery.selectors import suppression_is_erased
 from delivery.services import message_status_apply, suppression_add
 from subscribers.models import Subscriber
 from subscribers.services import engagement_event_record, subscriber_clean, subscriber_unsubscribe
 from webhooks.classification import dedupe_key, is_hard_bounce
 from webhooks.models import EspEvent
+from webhooks.privacy import esp_events_erase
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +121,11 @@ def esp_event_apply(event: EspEvent) -> str:
     if message is not None and message.status in Message.PENDING_STATUSES:
         if timezone.now() - event.received_at < PENDING_MESSAGE_GRACE:
             return ""  # try again later, once the send is recorded
+    if message is None and event.recipient and suppression_is_erased(email=event.recipient):
+        # A late report about someone erased since: their messages no longer carry the address, and this
+        # event must not keep it either. Their suppression (by hash) already covers any bounce or complaint.
+        esp_events_erase(email=event.recipient)
+        return "erased"
     outcome = []
     status = EVENT_STATUS.get(event.event_type)
     if message is not None and event.event_type in ENGAGEMENT_KIND:

@@ -3,11 +3,14 @@
 import pytest
 
 from core.addresses import address_hash
-from delivery.models import Message
+from delivery.models import Message, Suppression
 from subscribers import personal_data
-from tests.factories import MessageFactory
+from subscribers.models import Subscriber
+from subscribers.services import subscriber_erase
+from tests.factories import MessageFactory, SubscriberFactory
 from webhooks.models import EspEvent
 from webhooks.privacy import esp_events_erase, esp_events_export
+from webhooks.services import esp_events_apply
 from webhooks.tests import payloads
 from webhooks.tests.test_webhooks import post_sendgrid, post_ses
 
@@ -55,3 +58,18 @@ def test_erasure_blanks_what_an_event_says_about_the_person_and_keeps_the_event(
         "ann@example.org", address_hash("ann@example.org")
     )
     assert EspEvent.objects.values().get(recipient=bob.to_email) == bob_before
+
+
+def test_a_late_event_about_an_erased_person_keeps_no_address(client):
+    message = MessageFactory(to_email="ann@example.org", status=Message.Status.SENT)
+    SubscriberFactory(email="ann@example.org")
+    subscriber_erase(subscriber=Subscriber.objects.get(), source="test")
+
+    post_sendgrid(client, [payloads.sendgrid_event("bounce", "ann@example.org", message.pk)])
+    esp_events_apply()
+
+    event = EspEvent.objects.get()
+    assert (event.recipient, event.outcome, event.payload) == ("", "erased", {})
+    suppression = Suppression.objects.get()
+    assert (suppression.email, suppression.email_hash) == (None, address_hash("ann@example.org"))
+    assert not Subscriber.objects.exists()
