@@ -67,7 +67,17 @@ class Campaign(TimeStampedModel):
     from_email = models.CharField(max_length=320, help_text="For example: Acme News &lt;news@acme.example&gt;")
     reply_to = models.CharField(max_length=320, blank=True)
     provider = models.ForeignKey(
-        Provider, null=True, blank=True, on_delete=models.PROTECT, help_text="Empty: the first enabled provider."
+        Provider,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        help_text="Pin every message to this provider. Empty: route among the pool below.",
+    )
+    providers = models.ManyToManyField(
+        Provider,
+        blank=True,
+        related_name="pooled_campaigns",
+        help_text="Providers this campaign may use; empty: every enabled provider.",
     )
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.DRAFT, db_index=True)
     scheduled_at = models.DateTimeField(null=True, blank=True)

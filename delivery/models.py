@@ -13,6 +13,34 @@ from core.addresses import address_hash
 from core.models import TimeStampedModel
 
 
+class WarmingPlan(TimeStampedModel):
+    """How many messages a new provider (or IP, or domain) may send on each day of its warm-up.
+
+    `daily_caps[0]` is day 1. After the last day the plan no longer limits the provider. A day whose bounce or
+    complaint rate went above the thresholds is repeated (the provider is held) rather than followed by more.
+    """
+
+    name = models.CharField(max_length=100, unique=True)
+    daily_caps = models.JSONField(help_text="Messages allowed on day 1, day 2, ... e.g. [50, 100, 500, 1000]")
+    max_bounce_rate = models.FloatField(default=0.02, help_text="Hold the plan when a day's bounce rate is above.")
+    max_complaint_rate = models.FloatField(
+        default=0.0008, help_text="Hold the plan when a day's complaint rate is above (0.08 % by default)."
+    )
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def cap_for_day(self, day: int) -> int | None:
+        """The cap on warming day `day` (1-based); None once the plan is over (or not started: day 0)."""
+        caps = self.daily_caps if isinstance(self.daily_caps, list) else []
+        if day < 1 or day > len(caps):
+            return None
+        return int(caps[day - 1])
+
+
 class Provider(TimeStampedModel):
     class Kind(models.TextChoices):
         SENDGRID = "sendgrid", "SendGrid"
@@ -24,6 +52,33 @@ class Provider(TimeStampedModel):
     kind = models.CharField(max_length=20, choices=Kind.choices)
     is_enabled = models.BooleanField(default=True)
     priority = models.PositiveSmallIntegerField(default=100, help_text="Lower numbers are tried first.")
+    weight = models.PositiveSmallIntegerField(
+        default=1, help_text="Share of traffic among enabled providers of the same priority."
+    )
+    secret_env = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="Name of the environment variable holding this provider's secret (API key, server token, "
+        "'ACCESS_KEY_ID:SECRET' for SES, an smtp:// URL for SMTP). Empty: the settings' default for its kind.",
+    )
+    max_rate = models.FloatField(null=True, blank=True, help_text="Messages per second at most; empty: no limit.")
+    daily_cap = models.PositiveIntegerField(null=True, blank=True, help_text="Messages per day at most.")
+    routing_domains = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Recipient domains this provider serves, with * wildcards, e.g. ["gmail.com", "*.edu"]. '
+        "Empty: every domain.",
+    )
+    message_stream = models.CharField(max_length=100, blank=True, help_text="Postmark message stream.")
+    configuration_set = models.CharField(max_length=100, blank=True, help_text="Amazon SES configuration set.")
+    warming_plan = models.ForeignKey(
+        WarmingPlan, null=True, blank=True, on_delete=models.PROTECT, related_name="providers"
+    )
+    warming_day = models.PositiveSmallIntegerField(default=0, help_text="Day of the warming plan; 0: not started.")
+    warming_day_started_on = models.DateField(null=True, blank=True)
+    warming_held_reason = models.CharField(
+        max_length=300, blank=True, help_text="Why the plan is not advancing; empty: it advances each midnight."
+    )
 
     class Meta:
         ordering = ["priority", "name"]
@@ -83,6 +138,9 @@ class Mailing(TimeStampedModel):
     reply_to = models.CharField(max_length=320, blank=True)
     headers = models.JSONField(default=dict, blank=True)
     provider = models.ForeignKey(Provider, null=True, blank=True, on_delete=models.PROTECT, related_name="mailings")
+    providers = models.ManyToManyField(
+        Provider, blank=True, related_name="pooled_mailings", help_text="A pool to route among; empty: all."
+    )
     list_id = models.CharField(max_length=200, blank=True, help_text="List-Id header value for bulk mail.")
     # Opaque to delivery; the app that created the mailing reads it back (for example the lists an unsubscribe
     # link should leave).
@@ -109,6 +167,7 @@ class Message(models.Model):
         FAILED = "failed", "Failed"
         SUPPRESSED = "suppressed", "Suppressed"
         CANCELLED = "cancelled", "Cancelled"
+        DEAD = "dead", "Dead (gave up after retries)"
 
     PENDING_STATUSES = (Status.QUEUED, Status.SENDING)
 
@@ -140,3 +199,27 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.to_email} ({self.status})"
+
+
+class SendAttempt(models.Model):
+    """One try at handing a message to a provider: the record that shows what happened to it, and when."""
+
+    class Outcome(models.TextChoices):
+        IN_FLIGHT = "in_flight", "In flight"
+        SENT = "sent", "Sent"
+        RETRY = "retry", "Failed, will retry"
+        FAILED = "failed", "Failed for good"
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="attempts_log")
+    provider = models.ForeignKey(Provider, null=True, on_delete=models.PROTECT, related_name="+")
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=20, choices=Outcome.choices, default=Outcome.IN_FLIGHT)
+    error = models.TextField(blank=True)
+    esp_message_id = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["message", "started_at"], name="sendattempt_message")]
+
+    def __str__(self) -> str:
+        return f"attempt on {self.message_id}: {self.outcome}"

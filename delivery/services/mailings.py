@@ -18,6 +18,7 @@ STATUS_RANK: dict[str, int] = {
     Message.Status.SENDING: 1,
     Message.Status.FAILED: 2,
     Message.Status.CANCELLED: 2,
+    Message.Status.DEAD: 2,
     Message.Status.SENT: 3,
     Message.Status.DELIVERED: 4,
     Message.Status.BOUNCED: 5,
