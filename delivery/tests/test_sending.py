@@ -115,7 +115,7 @@ def test_a_permanent_error_fails_the_message_with_the_reason(sandbox):
     assert message.last_error.startswith("HTTP 400")
 
 
-def test_a_message_that_keeps_failing_gives_up_after_the_maximum_attempts(sandbox, settings):
+def test_a_message_that_keeps_failing_is_dead_after_the_maximum_attempts_with_each_try_logged(sandbox, settings):
     settings.MAILER_MAX_ATTEMPTS = 2
     mailing = _mailing(Provider.Kind.POSTMARK)
     message = MessageFactory(mailing=mailing)
@@ -126,8 +126,11 @@ def test_a_message_that_keeps_failing_gives_up_after_the_maximum_attempts(sandbo
     mailing_send_chunk(mailing_id=mailing.pk)
 
     message.refresh_from_db()
-    assert message.status == Message.Status.FAILED
+    assert message.status == Message.Status.DEAD
     assert message.last_error.startswith("gave up after 2 attempts")
+    tries = list(message.attempts_log.order_by("started_at").values_list("provider_id", "outcome"))
+    assert tries == [(mailing.provider_id, "retry"), (mailing.provider_id, "retry")]
+    assert all(t.finished_at and t.error.startswith("HTTP 500") for t in message.attempts_log.all())
 
 
 def test_an_expired_lease_is_reclaimed_and_a_live_one_is_not():
@@ -148,7 +151,8 @@ def test_a_message_already_recorded_by_another_path_is_not_overwritten(sandbox):
     """The record step writes only over rows still `sending`."""
     mailing = _mailing(Provider.Kind.POSTMARK)
     message = MessageFactory(mailing=mailing)
-    from delivery.services.sending import _record, messages_claim
+    from delivery.services.recording import messages_record as _record
+    from delivery.services.sending import messages_claim
 
     claimed = messages_claim(mailing_id=mailing.pk, limit=10)
     Message.objects.filter(pk=message.pk).update(status=Message.Status.CANCELLED)

@@ -4,9 +4,6 @@ set-wise in SQL; Python only sees the rows the strict address pattern does not a
 It needs a well-formed file: any row COPY cannot take (a blank line, a ragged row, a byte that is not in
 the encoding, a broken quote) sends the whole file back to the row-by-row path, which names each problem
 with its line.
-
-Two passes over the data on the server: COPY into a raw table, then one statement that builds the staging
-table (address, name, attributes) and flags, in the same pass, the rows the SQL check does not accept.
 """
 
 from __future__ import annotations
@@ -15,7 +12,6 @@ from collections.abc import Callable
 from typing import IO, Any
 
 import psycopg
-from django.db import connection
 
 from subscribers.services.import_rows import (
     COMMON_ADDRESS_SQL,
@@ -29,21 +25,19 @@ from subscribers.services.import_rows import (
 
 RAW_TABLE = "mailer_import_raw"
 CHUNK_BYTES = 1 << 20
-CHECK_BATCH = 10_000
 _DELIMITERS = {",": "','", ";": "';'", "\t": "E'\\t'", "|": "'|'"}
 # PostgreSQL functions take at most 100 arguments: build attribute objects in slices of 50 pairs.
 _PAIRS_PER_CALL = 50
 
 
 # The strict address pattern, for PostgreSQL. Its regular expressions are slow with nested groups (about
-# 24 us a row) and with bounded repeats ({2,63} alone triples the cost), so the pattern is a flat one and the
-# dot, hyphen and length rules it cannot say are LIKE and length checks; together they accept exactly what
-# import_rows' Python pattern accepts. (The top-level domain's 63-character limit is the label rule's.)
+# 24 us a row), so the pattern is a flat one (about 5 us) and the dot and hyphen rules it cannot say are LIKE
+# checks; together they accept exactly what import_rows' Python pattern accepts.
 _COMMON_ADDRESS_CHECK = (
-    "email ~ %s AND position('@' in email) <= 65 AND email NOT LIKE '%%..%%' AND email NOT LIKE '.%%'"
-    " AND email NOT LIKE '%%.@%%' AND email NOT LIKE '%%@.%%' AND email NOT LIKE '%%@-%%'"
-    " AND email NOT LIKE '%%-.%%' AND email NOT LIKE '%%.-%%'"
-    " AND (length(email) - position('@' in email) <= 63 OR split_part(email, '@', 2) !~ '[^.]{64}')"
+    "s.email ~ %s AND position('@' in s.email) <= 65 AND s.email NOT LIKE '%%..%%' AND s.email NOT LIKE '.%%'"
+    " AND s.email NOT LIKE '%%.@%%' AND s.email NOT LIKE '%%@.%%' AND s.email NOT LIKE '%%@-%%'"
+    " AND s.email NOT LIKE '%%-.%%' AND s.email NOT LIKE '%%.-%%'"
+    " AND (length(s.email) - position('@' in s.email) <= 63 OR split_part(s.email, '@', 2) !~ '[^.]{64}')"
 )
 
 
@@ -73,22 +67,19 @@ def stage_by_copy(
         return None
     width = columns.width
     names = ", ".join(f"c{i}" for i in range(width))
-    for table in (RAW_TABLE, STAGE_TABLE):  # left by an earlier import in this transaction
+    for table in (RAW_TABLE, STAGE_TABLE, "mailer_import_unique"):  # left by an earlier import in this transaction
         cursor.execute(f"DROP TABLE IF EXISTS {table}")
+    cursor.execute(
+        f"CREATE TEMPORARY TABLE {RAW_TABLE} (id bigserial, {', '.join(f'c{i} text' for i in range(width))}) "
+        "ON COMMIT DROP"
+    )
     encoding = "UTF8" if codec.startswith("utf") else "LATIN1"
     cursor.execute("SAVEPOINT mailer_import_copy")
-    # Created after the savepoint so that COPY may FREEZE it (a table created in the same subtransaction).
-    # The identity numbers the rows as the row-by-row path numbers lines: the header is line 1. A large
-    # sequence cache makes it nearly free (a bigserial costs about 0.7 us a row).
-    cursor.execute(
-        f"CREATE TEMPORARY TABLE {RAW_TABLE} (line bigint GENERATED ALWAYS AS IDENTITY (START WITH 2 CACHE 100000), "
-        f"{', '.join(f'c{i} text' for i in range(width))}) ON COMMIT DROP"
-    )
     raw.seek(0)
     sent = 0
     try:
         with cursor.cursor.copy(
-            f"COPY {RAW_TABLE} ({names}) FROM STDIN WITH (FORMAT csv, HEADER true, FREEZE true, "
+            f"COPY {RAW_TABLE} ({names}) FROM STDIN WITH (FORMAT csv, HEADER true, "
             f"DELIMITER {_DELIMITERS[delimiter]}, ENCODING '{encoding}')"
         ) as copy:
             first = True
@@ -109,67 +100,43 @@ def stage_by_copy(
     name_col = f"coalesce(btrim(c{columns.name}), '')" if columns.name is not None else "''"
     attributes, params = _attributes_sql(columns)
     fits = " AND ".join(f"coalesce(length(c{i}), 0) <= {MAX_FIELD_BYTES}" for i in range(width))
-    # lower() under the C collation folds ASCII only, and faster: a row with any other letter fails the
-    # ASCII pattern and is normalized by Python below. OFFSET 0 keeps the inner select a subquery, so that
-    # the address is computed once per row, not once per check.
     cursor.execute(
         f"""CREATE TEMPORARY TABLE {STAGE_TABLE} ON COMMIT DROP AS
-        SELECT line, email, name, attributes,
-               fits AND length(email) <= {MAX_EMAIL_CHARS} AND length(name) <= {MAX_NAME_CHARS}
-               AND {_COMMON_ADDRESS_CHECK} AS checked
-        FROM (SELECT line, (lower(btrim(coalesce({email_col}, '')) COLLATE "C") COLLATE "default") AS email,
-                     {name_col} AS name, {attributes} AS attributes, ({fits}) AS fits
-              FROM {RAW_TABLE} OFFSET 0) AS r""",  # noqa: S608 - column names are ours, values are parameters
-        [*params, COMMON_ADDRESS_SQL],
+        SELECT id + 1 AS line, lower(btrim(coalesce({email_col}, ''))) AS email, {name_col} AS name,
+               {attributes} AS attributes, coalesce({email_col}, '') AS given_email, ({fits}) AS fits
+        FROM {RAW_TABLE}""",  # noqa: S608 - column names are ours, values are parameters
+        params,
     )
-    rows = max(cursor.rowcount, 0)
-    dropped = _unchecked_rows_check(cursor, columns, name_col, reject)
-    return rows, rows - dropped
-
-
-def _unchecked_rows_check(cursor: Any, columns: Columns, name_col: str, reject: Callable[[int, str, str], None]) -> int:
-    """Python decides the rows the SQL pattern did not accept (email-validator for unusual addresses):
-    fixes their address or drops them. Streamed in batches, so a file of unusual addresses stays in
-    constant memory. Returns the number of rows dropped."""
-    cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {STAGE_TABLE} WHERE NOT checked)")  # noqa: S608
-    if not cursor.fetchone()[0]:
-        return 0
-    lengths = ", ".join(f"coalesce(length(r.c{i}), 0)" for i in range(columns.width))
-    dropped = 0
-    with connection.chunked_cursor() as unchecked:
-        unchecked.execute(
-            f"""SELECT r.line, coalesce(r.c{columns.email}, ''), {name_col}, ARRAY[{lengths}]
-            FROM {RAW_TABLE} r WHERE r.line IN (SELECT line FROM {STAGE_TABLE} WHERE NOT checked)
-            ORDER BY r.line"""  # noqa: S608
-        )
-        while batch := unchecked.fetchmany(CHECK_BATCH):
-            fixed_lines: list[int] = []
-            fixed_emails: list[str] = []
-            dropped_lines: list[int] = []
-            for line, given, name, field_lengths in batch:
-                oversized = next((i for i, size in enumerate(field_lengths) if size > MAX_FIELD_BYTES), None)
-                if oversized is not None:
-                    reject(line, given[:100], f"field {oversized + 1} is {field_lengths[oversized]:,} characters, "
-                           f"over {MAX_FIELD_BYTES:,}")  # fmt: skip
-                    dropped_lines.append(line)
-                    continue
-                email, problem = email_check(given, check_deliverability=False)
-                if not problem and len(name) > MAX_NAME_CHARS:
-                    problem = f"the name is {len(name)} characters long, over {MAX_NAME_CHARS}"
-                if problem:
-                    reject(line, given, problem)
-                    dropped_lines.append(line)
-                else:
-                    fixed_lines.append(line)
-                    fixed_emails.append(email)
-            with connection.cursor() as write:
-                if fixed_lines:
-                    write.execute(
-                        f"""UPDATE {STAGE_TABLE} s SET email = f.email, checked = true
-                        FROM unnest(%s::bigint[], %s::text[]) AS f(line, email) WHERE s.line = f.line""",  # noqa: S608
-                        [fixed_lines, fixed_emails],
-                    )
-                if dropped_lines:
-                    write.execute(f"DELETE FROM {STAGE_TABLE} WHERE line = ANY(%s::bigint[])", [dropped_lines])  # noqa: S608
-            dropped += len(dropped_lines)
-    return dropped
+    cursor.execute(f"SELECT count(*) FROM {STAGE_TABLE}")  # noqa: S608
+    rows = int(cursor.fetchone()[0])
+    lengths = ", ".join(f"coalesce(length(w.c{i}), 0)" for i in range(width))
+    cursor.execute(
+        f"""SELECT s.line, s.given_email, s.name, s.fits, ARRAY[{lengths}]
+        FROM {STAGE_TABLE} s JOIN {RAW_TABLE} w ON w.id = s.line - 1
+        WHERE NOT (s.fits AND length(s.email) <= {MAX_EMAIL_CHARS} AND length(s.name) <= {MAX_NAME_CHARS}
+                   AND {_COMMON_ADDRESS_CHECK})""",  # noqa: S608
+        [COMMON_ADDRESS_SQL],
+    )
+    fixed: list[tuple[str, int]] = []
+    dropped: list[int] = []
+    for line, given, name, fits_all, field_lengths in cursor.fetchall():
+        if not fits_all:
+            position = next(i for i, size in enumerate(field_lengths) if size > MAX_FIELD_BYTES)
+            reject(line, given[:100], f"field {position + 1} is {field_lengths[position]:,} characters, over "
+                   f"{MAX_FIELD_BYTES:,}")  # fmt: skip
+            dropped.append(line)
+            continue
+        email, problem = email_check(given, check_deliverability=False)
+        if not problem and len(name) > MAX_NAME_CHARS:
+            problem = f"the name is {len(name)} characters long, over {MAX_NAME_CHARS}"
+        if problem:
+            reject(line, given, problem)
+            dropped.append(line)
+        else:
+            fixed.append((email, line))
+    if fixed:
+        cursor.executemany(f"UPDATE {STAGE_TABLE} SET email = %s WHERE line = %s", fixed)  # noqa: S608
+    if dropped:
+        cursor.execute(f"DELETE FROM {STAGE_TABLE} WHERE line = ANY(%s)", [dropped])  # noqa: S608
+    cursor.execute(f"ANALYZE {STAGE_TABLE}")
+    return rows, rows - len(dropped)

@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
-from core.addresses import address_hash
 from delivery.models import Suppression
 from subscribers.models import MailingList, Subscriber, Subscription
 from subscribers.services.import_copy import stage_by_copy
@@ -40,8 +39,6 @@ CSV_FIELD_LIMIT = 10 * 1024 * 1024
 SNIFF_BYTES = 64 * 1024
 SQLITE_BATCH = 5000
 PROGRESS_EVERY = 50_000
-IMPORT_WORK_MEM = "256MB"
-ERASED_REASON = "this address was erased at its owner's request: it cannot be imported again"
 
 
 @dataclass(frozen=True)
@@ -105,18 +102,17 @@ def _text_stream(raw: IO[bytes], encoding: str) -> tuple[io.TextIOWrapper, str]:
 # --- staging -------------------------------------------------------------------------------------------------
 
 _STAGE = STAGE_TABLE
-_DUPLICATES = "mailer_import_duplicates"
-_TEMP_TABLES = (_STAGE, _DUPLICATES)
+_UNIQUE = "mailer_import_unique"
 
 
 def _stage_create(cursor: Any) -> None:
-    postgresql = connection.vendor == "postgresql"
-    for table in _TEMP_TABLES:
+    json_type = "jsonb" if connection.vendor == "postgresql" else "text"
+    temp = "TEMPORARY" if connection.vendor == "postgresql" else "TEMP"
+    on_commit = "ON COMMIT DROP" if connection.vendor == "postgresql" else ""
+    for table in (_STAGE, _UNIQUE):
         cursor.execute(f"DROP TABLE IF EXISTS {table}")
     cursor.execute(
-        f"CREATE {'TEMPORARY' if postgresql else 'TEMP'} TABLE {_STAGE} "
-        f"(line bigint, email text, name text, attributes {'jsonb' if postgresql else 'text'})"
-        f"{' ON COMMIT DROP' if postgresql else ''}"
+        f"CREATE {temp} TABLE {_STAGE} (line bigint, email text, name text, attributes {json_type}) {on_commit}"
     )
 
 
@@ -142,236 +138,139 @@ def _stage_fill(cursor: Any, rows: Iterator[Row]) -> int:
     return count
 
 
-# --- erased people -------------------------------------------------------------------------------------------
-
-
-def _erased_hashes() -> set[str]:
-    """The address hashes of erased people (Suppression rows whose address is gone): usually none."""
-    return set(Suppression.objects.filter(email__isnull=True).values_list("email_hash", flat=True))
-
-
-def _erased_rows_skipped(rows: Iterator[Row], erased: set[str], errors: _ErrorFile) -> Iterator[Row]:
-    """The row-by-row path's filter: rows of an erased person never reach the staging table."""
-    seen: set[str] = set()
-    for row in rows:
-        digest = address_hash(row.email)
-        if digest in erased:
-            seen.add(digest)
-            errors.erased(row.line)
-            continue
-        yield row
-    errors.erased_addresses += len(seen)
-
-
-def _erased_rows_delete(cursor: Any, errors: _ErrorFile) -> int:
-    """The COPY path's filter, in SQL: hashes are computed only when an erased person exists. Returns the
-    number of staged rows deleted."""
-    suppression = Suppression._meta.db_table
-    cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {suppression} WHERE email IS NULL)")  # noqa: S608
-    if not cursor.fetchone()[0]:
-        return 0
-    cursor.execute(
-        f"""WITH gone AS (
-            DELETE FROM {_STAGE} WHERE encode(sha256(convert_to(email, 'UTF8')), 'hex')
-                IN (SELECT email_hash FROM {suppression} WHERE email IS NULL)
-            RETURNING line, email)
-        SELECT coalesce(array_agg(line ORDER BY line), '{{}}'), count(DISTINCT email) FROM gone"""  # noqa: S608
-    )
-    lines, addresses = cursor.fetchone()
-    for line in lines:
-        errors.erased(line)
-    errors.erased_addresses += int(addresses)
-    return len(lines)
-
-
 # --- merging -------------------------------------------------------------------------------------------------
 
 
 def _vendor_sql() -> dict[str, str]:
     if connection.vendor == "postgresql":
         return {
+            "temp": f"CREATE TEMPORARY TABLE {_UNIQUE} ON COMMIT DROP AS",
             "contained": "s.attributes @> u.attributes",
             "merged": "s.attributes || u.attributes",
+            "json_param": "%s::jsonb",
         }
     return {
+        "temp": f"CREATE TEMP TABLE {_UNIQUE} AS",
         # Every key of the imported attributes is already there with the same value.
         "contained": (
             "NOT EXISTS (SELECT 1 FROM json_each(u.attributes) j WHERE NOT EXISTS ("
             "SELECT 1 FROM json_each(s.attributes) k WHERE k.key = j.key AND k.type = j.type AND k.value = j.value))"
         ),
         "merged": "json_patch(s.attributes, u.attributes)",
+        "json_param": "%s",
     }
 
 
-def _duplicates_fold(cursor: Any) -> int:
-    """Addresses on several rows become one row: the last one, with the last non-empty name and the
-    attributes of every row merged in file order (later rows win a key). Returns the rows removed.
-
-    Most files have no duplicates: that costs one aggregate over the staging table. The rest is set-wise
-    except the merge of each duplicated address's rows, which Python does in file order, streamed."""
-    postgresql = connection.vendor == "postgresql"
-    cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {_STAGE} GROUP BY email HAVING count(*) > 1)")  # noqa: S608
-    if not cursor.fetchone()[0]:
-        return 0
-    temporary = "TEMPORARY" if postgresql else "TEMP"
-    on_commit = " ON COMMIT DROP" if postgresql else ""
-    cursor.execute(
-        f"CREATE {temporary} TABLE {_DUPLICATES}{on_commit} AS "  # noqa: S608
-        f"SELECT email, max(line) AS line FROM {_STAGE} GROUP BY email HAVING count(*) > 1"
-    )
-    if not postgresql:
+def _unique_build(cursor: Any, sql: dict[str, str]) -> int:
+    """One row per address: the last row in the file, with the attributes of all its rows merged in order."""
+    if connection.vendor != "postgresql":
         cursor.execute(f"CREATE INDEX {_STAGE}_line ON {_STAGE} (line)")
         cursor.execute(f"CREATE INDEX {_STAGE}_email ON {_STAGE} (email)")
-    merged: list[tuple[int, str, str]] = []
-
-    def flush() -> None:
-        if not merged:
-            return
-        if postgresql:
-            lines, names, attributes = (list(column) for column in zip(*merged, strict=True))
-            cursor.execute(
-                f"""UPDATE {_STAGE} s SET name = m.name, attributes = m.attributes::jsonb
-                FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS m(line, name, attributes)
-                WHERE s.line = m.line""",  # noqa: S608
-                [lines, names, attributes],
-            )
-        else:
-            cursor.executemany(
-                f"UPDATE {_STAGE} SET name = %s, attributes = %s WHERE line = %s",  # noqa: S608
-                [(name, attributes, line) for line, name, attributes in merged],
-            )
-        merged.clear()
-
-    with connection.chunked_cursor() as rows:
-        rows.execute(
-            f"""SELECT s.email, s.name, s.attributes, d.line FROM {_STAGE} s JOIN {_DUPLICATES} d ON d.email = s.email
-            ORDER BY s.email, s.line"""  # noqa: S608
-        )
-        current: str | None = None
-        kept, name, attributes = 0, "", dict[str, Any]()
-        while batch := rows.fetchmany(SQLITE_BATCH):
-            for email, row_name, row_attributes, last_line in batch:
-                if email != current:
-                    if current is not None:
-                        merged.append((kept, name, json.dumps(attributes, ensure_ascii=False)))
-                    current, kept, name, attributes = email, last_line, "", dict[str, Any]()
-                name = row_name or name
-                attributes.update(row_attributes if isinstance(row_attributes, dict) else json.loads(row_attributes))
-            if len(merged) >= SQLITE_BATCH:
-                flush()
-        if current is not None:
-            merged.append((kept, name, json.dumps(attributes, ensure_ascii=False)))
-    flush()
     cursor.execute(
-        f"""DELETE FROM {_STAGE} WHERE email IN (SELECT email FROM {_DUPLICATES})
-        AND line NOT IN (SELECT line FROM {_DUPLICATES})"""  # noqa: S608
+        f"""{sql["temp"]}
+        SELECT r.email, r.name, r.attributes, r.line FROM {_STAGE} r
+        JOIN (SELECT email, max(line) AS line FROM {_STAGE} GROUP BY email) m ON m.line = r.line"""  # noqa: S608
     )
-    return max(cursor.rowcount, 0)
-
-
-def _suppressed_count(cursor: Any) -> int:
-    """Staged addresses on the suppression list: imported, never subscribed."""
-    suppression = Suppression._meta.db_table
-    cursor.execute(
-        f"""SELECT count(*) FROM {_STAGE} u WHERE EXISTS (SELECT 1 FROM {suppression} x WHERE x.email = u.email)"""  # noqa: S608
-    )
+    cursor.execute(f"CREATE UNIQUE INDEX {_UNIQUE}_email ON {_UNIQUE} (email)")
+    cursor.execute(f"ANALYZE {_UNIQUE}")
+    cursor.execute(f"SELECT count(*) FROM {_UNIQUE}")  # noqa: S608
     return int(cursor.fetchone()[0])
 
 
-def _all_new_insert(cursor: Any, mailing_list: MailingList, now: Any) -> int | None:
-    """PostgreSQL, when no staged address is a subscriber yet (a first import, a list of new people): plain
-    INSERTs, the subscriptions from the new subscribers' ids as the same statement returns them, so no
-    ON CONFLICT probe and no join. Returns the subscriptions created, or None (nothing changed) when the
-    staged addresses are not all new, or another transaction created one of them meanwhile."""
-    subscriber, subscription = Subscriber._meta.db_table, Subscription._meta.db_table
-    suppression = Suppression._meta.db_table
-    cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {_STAGE} u JOIN {subscriber} s ON s.email = u.email)")  # noqa: S608
-    if cursor.fetchone()[0]:
-        return None
-    cursor.execute("SAVEPOINT mailer_import_new")
-    try:
-        # In address order: the unique email index is then filled at its right edge, its fastest case.
-        cursor.execute(
-            f"""WITH created AS (
-                INSERT INTO {subscriber} (email, name, attributes, status, created_at, updated_at)
-                SELECT email, name, attributes, %s, %s, %s FROM {_STAGE} ORDER BY email COLLATE "C"
-                RETURNING id, email)
-            INSERT INTO {subscription} (subscriber_id, mailing_list_id, status, source, created_at, updated_at)
-            SELECT c.id, %s, %s, %s, %s, %s FROM created c
-            WHERE NOT EXISTS (SELECT 1 FROM {suppression} x WHERE x.email = c.email)""",  # noqa: S608
-            [Subscriber.Status.ACTIVE, now, now, mailing_list.pk, Subscription.Status.ACTIVE, "import", now, now],
-        )
-    except IntegrityError:
-        cursor.execute("ROLLBACK TO SAVEPOINT mailer_import_new")
-        return None
-    cursor.execute("RELEASE SAVEPOINT mailer_import_new")
-    return max(cursor.rowcount, 0)
+def _duplicates_merge(cursor: Any, sql: dict[str, str]) -> None:
+    """Addresses that appear on several rows become one subscriber: the last non-empty name, and the
+    attributes of every row, later rows winning a key. Duplicates are few, so this runs row by row."""
+    cursor.execute(
+        f"""SELECT email, name, attributes FROM {_STAGE}
+        WHERE email IN (SELECT email FROM {_STAGE} GROUP BY email HAVING count(*) > 1)
+        ORDER BY email, line"""  # noqa: S608
+    )
+    merged: list[tuple[str, str, str]] = []
+    current: str | None = None
+    name, attributes = "", dict[str, Any]()
+    for email, row_name, row_attributes in cursor.fetchall():
+        if email != current:
+            if current is not None:
+                merged.append((name, json.dumps(attributes, ensure_ascii=False), current))
+            current, name, attributes = email, "", dict[str, Any]()
+        name = row_name or name
+        attributes.update(row_attributes if isinstance(row_attributes, dict) else json.loads(row_attributes))
+    if current is not None:
+        merged.append((name, json.dumps(attributes, ensure_ascii=False), current))
+    cursor.executemany(
+        f"UPDATE {_UNIQUE} SET name = %s, attributes = {sql['json_param']} WHERE email = %s",  # noqa: S608
+        merged,
+    )
 
 
 def _merge(cursor: Any, staged: int, mailing_list: MailingList, options: ImportOptions, summary: ImportSummary) -> None:
-    postgresql = connection.vendor == "postgresql"
     sql = _vendor_sql()
     subscriber, subscription = Subscriber._meta.db_table, Subscription._meta.db_table
     suppression = Suppression._meta.db_table
-    summary.duplicate = _duplicates_fold(cursor)
-    unique = staged - summary.duplicate
-    summary.suppressed += _suppressed_count(cursor)
-    now = connection.ops.adapt_datetimefield_value(timezone.now())
-
-    subscribed = _all_new_insert(cursor, mailing_list, now) if postgresql and unique else None
-    if subscribed is not None:
-        summary.created, summary.subscribed = unique, subscribed
-        return
-
+    unique = _unique_build(cursor, sql)
+    summary.duplicate = staged - unique
+    if summary.duplicate:
+        _duplicates_merge(cursor, sql)
     changed = f"((u.name <> '' AND u.name <> s.name) OR NOT ({sql['contained']}))"
-    if options.update_existing:
+    cursor.execute(
+        f"""SELECT
+            coalesce(sum(CASE WHEN s.id IS NULL THEN 1 ELSE 0 END), 0),
+            coalesce(sum(CASE WHEN s.id IS NOT NULL AND {changed} THEN 1 ELSE 0 END), 0),
+            coalesce(sum(CASE WHEN x.id IS NOT NULL THEN 1 ELSE 0 END), 0)
+        FROM {_UNIQUE} u
+        LEFT JOIN {subscriber} s ON s.email = u.email
+        LEFT JOIN {suppression} x ON x.email = u.email"""  # noqa: S608
+    )
+    created, changed_count, suppressed = (int(v) for v in cursor.fetchone())
+    summary.created = created
+    summary.updated = changed_count if options.update_existing else 0
+    summary.unchanged = unique - created - summary.updated
+    summary.suppressed = suppressed
+
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    if options.update_existing and changed_count:
         cursor.execute(
             f"""UPDATE {subscriber} AS s
             SET name = CASE WHEN u.name <> '' THEN u.name ELSE s.name END,
                 attributes = {sql["merged"]}, updated_at = %s
-            FROM {_STAGE} u WHERE s.email = u.email AND {changed}""",  # noqa: S608
+            FROM {_UNIQUE} u WHERE s.email = u.email AND {changed}""",  # noqa: S608
             [now],
         )
-        summary.updated = max(cursor.rowcount, 0)
-    # Existing addresses are skipped by the unique index, one probe each. (A NOT EXISTS anti-join here looks
-    # tidier, but planned against an empty table it becomes a nested loop that re-reads every row this very
-    # statement inserts: quadratic.)
-    cursor.execute(
-        f"""INSERT INTO {subscriber} (email, name, attributes, status, created_at, updated_at)
-        SELECT u.email, u.name, u.attributes, %s, %s, %s FROM {_STAGE} u WHERE true
-        ON CONFLICT (email) DO NOTHING""",  # noqa: S608
-        [Subscriber.Status.ACTIVE, now, now],
-    )
-    summary.created = max(cursor.rowcount, 0)
-    summary.unchanged = unique - summary.created - summary.updated
-    if postgresql and summary.created > 10_000:
-        # The planner's statistics still describe the table before these rows: without this, the joins
-        # below can pick a nested loop over what it believes is a small table.
-        cursor.execute(f"ANALYZE {subscriber}")
+    if created:
+        # Existing addresses are skipped by the unique index, one probe each. (A NOT EXISTS anti-join here
+        # looks tidier, but planned against an empty table it becomes a nested loop that re-reads every row
+        # this very statement inserts: quadratic.)
+        cursor.execute(
+            f"""INSERT INTO {subscriber} (email, name, attributes, status, created_at, updated_at)
+            SELECT u.email, u.name, u.attributes, %s, %s, %s FROM {_UNIQUE} u WHERE true
+            ON CONFLICT (email) DO NOTHING""",  # noqa: S608
+            [Subscriber.Status.ACTIVE, now, now],
+        )
+        if connection.vendor == "postgresql" and created > 10_000:
+            # The planner's statistics still describe the table before these rows: without this, the joins
+            # below can pick a nested loop over what it believes is a small table.
+            cursor.execute(f"ANALYZE {subscriber}")
     not_suppressed = f"NOT EXISTS (SELECT 1 FROM {suppression} x WHERE x.email = u.email)"  # noqa: S608
     if options.resubscribe:
         # Only what the importer asked for explicitly: consent given up is otherwise never taken back.
         cursor.execute(
             f"""UPDATE {subscriber} SET status = %s, updated_at = %s
-            WHERE status = %s AND email IN (SELECT u.email FROM {_STAGE} u WHERE {not_suppressed})""",  # noqa: S608
+            WHERE status = %s AND email IN (SELECT u.email FROM {_UNIQUE} u WHERE {not_suppressed})""",  # noqa: S608
             [Subscriber.Status.ACTIVE, now, Subscriber.Status.UNSUBSCRIBED],
         )
         cursor.execute(
             f"""UPDATE {subscription} SET status = %s, unsubscribed_at = NULL, source = %s, updated_at = %s
             WHERE mailing_list_id = %s AND status = %s AND subscriber_id IN (
-                SELECT s.id FROM {subscriber} s JOIN {_STAGE} u ON u.email = s.email WHERE {not_suppressed})""",  # noqa: S608
+                SELECT s.id FROM {subscriber} s JOIN {_UNIQUE} u ON u.email = s.email WHERE {not_suppressed})""",  # noqa: S608
             [Subscription.Status.ACTIVE, "import", now, mailing_list.pk, Subscription.Status.UNSUBSCRIBED],
         )
         summary.resubscribed = max(cursor.rowcount, 0)
-    # Subscribers already on the list are left out by an anti-join (one hash join on a re-import) rather
-    # than by a conflict probe each; ON CONFLICT stays for a subscription created meanwhile.
     cursor.execute(
         f"""INSERT INTO {subscription} (subscriber_id, mailing_list_id, status, source, created_at, updated_at)
-        SELECT s.id, %s, %s, %s, %s, %s FROM {_STAGE} u JOIN {subscriber} s ON s.email = u.email
+        SELECT s.id, %s, %s, %s, %s, %s FROM {_UNIQUE} u JOIN {subscriber} s ON s.email = u.email
         WHERE s.status = %s AND {not_suppressed}
-        AND NOT EXISTS (SELECT 1 FROM {subscription} l WHERE l.subscriber_id = s.id AND l.mailing_list_id = %s)
         ON CONFLICT (subscriber_id, mailing_list_id) DO NOTHING""",  # noqa: S608
-        [mailing_list.pk, Subscription.Status.ACTIVE, "import", now, now, Subscriber.Status.ACTIVE, mailing_list.pk],
+        [mailing_list.pk, Subscription.Status.ACTIVE, "import", now, now, Subscriber.Status.ACTIVE],
     )
     summary.subscribed = max(cursor.rowcount, 0)
 
@@ -380,28 +279,16 @@ def _merge(cursor: Any, staged: int, mailing_list: MailingList, options: ImportO
 
 
 class _ErrorFile:
-    """The rows not imported, written as they are found (the file is only created if there is one): the
-    invalid ones with the address as given, an erased person's with their line only."""
+    """The rejected rows, written as they are found (the file is only created if there is one)."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self.count = 0  # invalid rows
-        self.erased_rows = 0
-        self.erased_addresses = 0
+        self.count = 0
         self._handle: IO[str] | None = None
         self._writer: Any = None
 
     def reject(self, line: int, email: str, reason: str) -> None:
         self.count += 1
-        self._write(line, email[:254], reason)
-
-    def erased(self, line: int) -> None:
-        """A row whose address belongs to an erased person. The address is not written here either: the
-        file is kept on the server, and the person asked for it to be forgotten."""
-        self.erased_rows += 1
-        self._write(line, "", ERASED_REASON)
-
-    def _write(self, line: int, email: str, reason: str) -> None:
         if self.path is None:
             return
         if self._writer is None:
@@ -409,11 +296,7 @@ class _ErrorFile:
             self._handle = self.path.open("w", newline="", encoding="utf-8")
             self._writer = csv.writer(self._handle)
             self._writer.writerow(["line", "email", "reason"])
-        self._writer.writerow([line, email, reason])
-
-    @property
-    def written(self) -> bool:
-        return bool(self.count or self.erased_rows)
+        self._writer.writerow([line, email[:254], reason])
 
     def close(self) -> None:
         if self._handle is not None:
@@ -448,8 +331,6 @@ def subscribers_import(
 
     try:
         with path.open("rb") as raw, transaction.atomic(), connection.cursor() as cursor:
-            if connection.vendor == "postgresql":
-                _session_tune(cursor)
             text, delimiter = _text_stream(raw, options.encoding)
             columns = _header(csv.reader(text, delimiter=delimiter, strict=True), options.column_map)
             try:
@@ -461,21 +342,18 @@ def subscribers_import(
                 if counts is None:
                     counts = _stage_rows(cursor, raw, text.encoding, delimiter, options, errors, report)
                 summary.rows, staged = counts
-                if summary.method == "copy":
-                    staged -= _erased_rows_delete(cursor, errors)
                 summary.invalid = errors.count
-                summary.suppressed = errors.erased_addresses
                 _merge(cursor, staged, mailing_list, options, summary)
             finally:
                 if connection.vendor != "postgresql":
-                    for table in _TEMP_TABLES:
+                    for table in (_STAGE, _UNIQUE):
                         cursor.execute(f"DROP TABLE IF EXISTS {table}")
             if options.dry_run:
                 transaction.set_rollback(True)
     finally:
         errors.close()
     report(total_bytes)
-    summary.errors_path = str(errors_path) if errors.written and errors_path else ""
+    summary.errors_path = str(errors_path) if errors.count and errors_path else ""
     return summary
 
 
@@ -520,26 +398,12 @@ def _stage_rows(
                 report(raw.tell())
             yield row
 
-    rows = rows_checked(reader, columns, options.check_deliverability, errors.reject)
-    erased = _erased_hashes()
-    if erased:
-        rows = _erased_rows_skipped(rows, erased, errors)
     try:
-        staged = _stage_fill(cursor, counted(rows))
+        staged = _stage_fill(
+            cursor, counted(rows_checked(reader, columns, options.check_deliverability, errors.reject))
+        )
     except UnicodeDecodeError as exc:
         raise _unreadable(exc, reader.line_num + 1) from exc
     except csv.Error as exc:
         raise _unreadable(exc, reader.line_num) from exc
-    return staged + errors.count + errors.erased_rows, staged
-
-
-def _session_tune(cursor: Any) -> None:
-    """PostgreSQL settings for this transaction only (SET LOCAL ends with it).
-
-    synchronous_commit off: the commit returns before its WAL reaches the disk. A crash in the next fraction
-    of a second loses the whole import, never part of it (it is one transaction), and running it again
-    completes it; no other transaction's durability changes. work_mem: the duplicate check and the
-    re-import's join hash a million addresses in memory instead of spilling them to disk in batches.
-    """
-    cursor.execute("SET LOCAL synchronous_commit = off")
-    cursor.execute(f"SET LOCAL work_mem = '{IMPORT_WORK_MEM}'")
+    return staged + errors.count, staged

@@ -9,7 +9,7 @@ from django.test import Client
 
 from delivery.models import Mailing
 from delivery.services import mailing_send_chunk, suppression_add
-from delivery.services.sending import message_build
+from delivery.services.composing import message_build
 from delivery.unsubscribe import (
     preferences_token_make,
     preferences_token_read,
