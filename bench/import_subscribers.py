@@ -1,13 +1,15 @@
 """CSV import speed: Mailer's import against a bare COPY of the same file, in the same run (PostgreSQL).
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/mailer_bench_import \
-        python bench/import_subscribers.py [--rows 1000000]
+        python bench/import_subscribers.py [--rows 1000000] [--statements]
 
 Generates a CSV (email, name, 3 attributes) once under var/bench/, then measures, in this order:
 1. baseline: COPY of the file into a fresh unindexed table (psycopg's copy, fed the file's bytes);
 2. first import into an empty list (every row new);
 3. re-import of a variant of the same file where half the rows changed (every row exists).
-Prints rows/s for each, the import's share of the COPY rate, and this process's peak RSS.
+Prints rows/s for each, the import's share of the COPY rate, and this process's peak RSS. --statements also
+prints each SQL statement of the two imports that took 0.1 s or more; what remains of an import's time is its
+COPY of the file, Python, and the COMMIT (where PostgreSQL checks the deferred foreign keys of new subscriptions).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import random
 import resource
 import time
 from pathlib import Path
+from typing import Any
 
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
@@ -62,15 +65,33 @@ def bare_copy(path: Path) -> float:
     return elapsed
 
 
-def timed_import(path: Path, mailing_list: MailingList) -> tuple[float, object]:
+def timed_import(path: Path, mailing_list: MailingList, statements: bool) -> tuple[float, object]:
+    timings: list[tuple[float, str]] = []
+
+    def timed(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            timings.append((time.perf_counter() - started, " ".join(sql.split())))
+
     started = time.perf_counter()
-    summary = subscribers_import(path=path, mailing_list=mailing_list, errors_path=None)
-    return time.perf_counter() - started, summary
+    with connection.execute_wrapper(timed):
+        summary = subscribers_import(path=path, mailing_list=mailing_list, errors_path=None)
+    elapsed = time.perf_counter() - started
+    if statements:
+        print(f"  {path.name}: statements of 0.1 s or more")
+        for seconds, sql in timings:
+            if seconds >= 0.1:
+                print(f"  {seconds:7.2f} s  {sql[:110]}")
+        print(f"  {elapsed - sum(s for s, _ in timings):7.2f} s  the rest: COPY of the file, Python, COMMIT")
+    return elapsed, summary
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--statements", action="store_true", help="print the imports' slow statements")
     args = parser.parse_args()
     if connection.vendor != "postgresql":
         raise SystemExit("Set DATABASE_URL to a PostgreSQL database: the goals are for PostgreSQL.")
@@ -88,8 +109,8 @@ def main() -> None:
         cursor.execute("VACUUM ANALYZE subscribers_subscriber")
 
     copy_seconds = bare_copy(first)
-    import_seconds, summary = timed_import(first, mailing_list)
-    reimport_seconds, resummary = timed_import(second, mailing_list)
+    import_seconds, summary = timed_import(first, mailing_list, args.statements)
+    reimport_seconds, resummary = timed_import(second, mailing_list, args.statements)
 
     copy_rate, import_rate = args.rows / copy_seconds, args.rows / import_seconds
     print(f"rows: {args.rows:,}  file: {first.stat().st_size / 1e6:.0f} MB")

