@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,14 @@ def sandbox_anymail_settings(server: SandboxServer) -> dict:
     from delivery.sandbox.anymail_settings import anymail_settings_for
 
     return anymail_settings_for(server, settings.ANYMAIL)
+
+
+@pytest.fixture(autouse=True)
+def limits_key_prefix(settings) -> str:
+    """Rate limits, daily caps and circuits under a key prefix of this test's own: they live outside the test
+    database (Redis, or a file shared by every run), and one test's open circuit must not reach the next."""
+    settings.MAILER_LIMITS_KEY_PREFIX = f"test-{uuid.uuid4().hex[:12]}:"
+    return settings.MAILER_LIMITS_KEY_PREFIX
 
 
 def webhook_auth() -> tuple[str, str]:

@@ -18,4 +18,6 @@ PERIODIC_TASKS: list[PeriodicEntry] = [
     PeriodicEntry("pump queued messages", "delivery.tasks.mailings_pump_task", 10, 10),
     PeriodicEntry("reclaim expired leases", "delivery.tasks.messages_reclaim_expired_task", 60, 60),
     PeriodicEntry("apply ESP events", "webhooks.tasks.esp_events_apply_task", 10, 10),
+    # Hourly, so the step after local midnight happens even when beat was asleep at midnight.
+    PeriodicEntry("advance provider warming", "delivery.tasks_warming.providers_warming_advance_task", 3600, 3600),
 ]

@@ -3,13 +3,16 @@ from django.contrib import admin, messages
 
 from core.addresses import email_clean
 from core.exceptions import ApplicationError
+from delivery.admin_deadletters import SendAttemptInline  # also registers the dead-letter list
+from delivery.admin_warming import ProviderWarmingAdminMixin  # also registers the warming plans
 from delivery.models import Mailing, Message, Provider, Suppression
 from delivery.services import suppression_add
 
 
 @admin.register(Provider)
-class ProviderAdmin(admin.ModelAdmin):
-    list_display = ["name", "kind", "is_enabled", "priority", "updated_at"]
+class ProviderAdmin(ProviderWarmingAdminMixin, admin.ModelAdmin):
+    list_display = ["name", "kind", "is_enabled", "priority", *ProviderWarmingAdminMixin.warming_list_display,
+                    "updated_at"]  # fmt: skip
     list_filter = ["kind", "is_enabled"]
     list_editable = ["is_enabled", "priority"]
     search_fields = ["name"]
@@ -83,6 +86,7 @@ class MessageAdmin(admin.ModelAdmin):
     list_select_related = ["mailing", "provider"]
     raw_id_fields = ["mailing"]
     readonly_fields = [f.name for f in Message._meta.fields]
+    inlines = [SendAttemptInline]
     show_full_result_count = False
 
     def has_add_permission(self, request) -> bool:  # messages are made by mailings, not by hand

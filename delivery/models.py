@@ -6,6 +6,8 @@ creates one Message per recipient; everything else here is generic.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from django.db import models
 from django.db.models import Q
 
@@ -223,3 +225,22 @@ class SendAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"attempt on {self.message_id}: {self.outcome}"
+
+
+class DeadLetterManager(models.Manager["DeadLetter"]):
+    def get_queryset(self) -> models.QuerySet[DeadLetter]:
+        return super().get_queryset().filter(status=Message.Status.DEAD)
+
+
+class DeadLetter(Message):
+    """A message the engine gave up on after MAILER_MAX_ATTEMPTS retryable failures: the admin's dead-letter list.
+
+    Only a view of Message (a proxy, no table of its own): an operator retries or discards it from there.
+    """
+
+    objects: ClassVar[DeadLetterManager] = DeadLetterManager()
+
+    class Meta:
+        proxy = True
+        verbose_name = "dead letter"
+        verbose_name_plural = "dead letters"

@@ -8,6 +8,7 @@ os.environ.setdefault("WEBHOOK_SECRET", "mailer:webhook-test-secret,mailer:previ
 _var = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "var")
 os.environ.setdefault("MAILER_BROKER_DIR", os.path.join(_var, "test-broker"))
 os.environ.setdefault("MAILER_CACHE_DIR", os.path.join(_var, "test-cache"))
+os.environ.setdefault("MAILER_LIMITS_FILE", os.path.join(_var, "test-limits-state.sqlite3"))
 
 from mailer_project.settings import *  # noqa: E402, F403
 

@@ -54,6 +54,7 @@ def celery_worker_process(live_server, sandbox_with_webhooks) -> Iterator[subpro
         "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
         "ESP_SANDBOX_URL": sandbox_with_webhooks.url,
         "MAILER_BASE_URL": live_server.url,
+        "MAILER_LIMITS_KEY_PREFIX": settings.MAILER_LIMITS_KEY_PREFIX,
     }
     log_path = ROOT / "var" / "test-worker.log"
     log = log_path.open("w")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import factory
+from django.utils import timezone
 
 from campaigns.models import Campaign, Template
-from delivery.models import Mailing, Message, Provider, Suppression
+from delivery.models import Mailing, Message, Provider, SendAttempt, Suppression
 from subscribers.models import MailingList, Subscriber, Subscription
 
 
@@ -81,6 +84,18 @@ class MessageFactory(factory.django.DjangoModelFactory):
     mailing = factory.SubFactory(MailingFactory)
     to_email = factory.Sequence(lambda n: f"rcpt{n}@example.org")
     context = factory.LazyAttribute(lambda o: {"email": o.to_email, "name": "Ann", "attributes": {}})
+
+
+class SendAttemptFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = SendAttempt
+
+    message = factory.SubFactory(MessageFactory)
+    provider = factory.SubFactory(ProviderFactory)
+    started_at = factory.LazyFunction(timezone.now)
+    finished_at = factory.LazyAttribute(lambda o: o.started_at + timedelta(milliseconds=120))
+    outcome = SendAttempt.Outcome.RETRY
+    error = "provider answered 503"
 
 
 class SuppressionFactory(factory.django.DjangoModelFactory):

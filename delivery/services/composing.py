@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
-from django.utils.html import format_html, strip_tags
+from django.utils.html import format_html
 
 from core.addresses import email_domain
 from delivery.models import Mailing, Message
@@ -88,11 +88,11 @@ def message_build(mailing: Mailing, message: Message) -> EmailMultiAlternatives:
         context["preferences_url"] = preferences_link
     rendered = compiled.render(context)
     html = rendered.html
-    text = rendered.text or (strip_tags(html).strip() if html else "")
+    text = rendered.text  # generated from the HTML (links kept) when the mailing has no text template
     if mailing.is_bulk:
         if html and not _mentions_links(mailing.html_template):
             html = _html_footer_add(html, preferences_link, link)
-        if not (rendered.text and _mentions_links(mailing.text_template)):
+        if not _mentions_links(compiled.text_source):
             text = _text_footer_add(text, preferences_link, link)
     email = EmailMultiAlternatives(
         subject=rendered.subject,

@@ -22,7 +22,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from core.addresses import address_hash, email_domain
-from delivery.exceptions import TemplateRenderFailed
+from delivery.exceptions import TemplateRenderFailed, TemplateSyntaxInvalid
 from delivery.models import Mailing, Message, Provider, SendAttempt, Suppression
 from delivery.providers import provider_connection, send_error_classify
 from delivery.routing import mailing_candidates, route_messages
@@ -153,7 +153,7 @@ def _send_group(
         for index, message in enumerate(group):
             try:
                 email = message_build(mailing, message)
-            except TemplateRenderFailed as exc:
+            except (TemplateRenderFailed, TemplateSyntaxInvalid) as exc:
                 message.status = Message.Status.FAILED
                 message.last_error = exc.message
                 done.append(message)

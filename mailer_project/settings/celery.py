@@ -34,3 +34,5 @@ CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Task modules beyond the `tasks` modules autodiscover_tasks finds.
+CELERY_IMPORTS = ["delivery.tasks_warming"]

@@ -7,7 +7,7 @@ machine. Set ESP_SANDBOX_URL to an empty value to use the real ESP endpoints.
 from __future__ import annotations
 
 from .base import DEBUG
-from .environment import env, require
+from .environment import VAR_DIR, env, require
 
 ESP_SANDBOX_URL = env.str("ESP_SANDBOX_URL", default="http://127.0.0.1:8025").rstrip("/")
 
@@ -57,6 +57,24 @@ MAILER_MAX_ATTEMPTS = env.int("MAILER_MAX_ATTEMPTS", default=5)
 MAILER_LEASE_SECONDS = env.int("MAILER_LEASE_SECONDS", default=300)
 MAILER_UNSUBSCRIBE_MAILTO = env.str("MAILER_UNSUBSCRIBE_MAILTO", default="")
 MAILER_SEND_PARALLELISM = env.int("MAILER_SEND_PARALLELISM", default=2)
+
+# Provider reputation over the last 24 hours, for a provider without a warming plan (a plan has its own thresholds):
+# above these rates it is left out of routing. 2 %: AWS's advice for SES (which reviews at 5 %); 0.08 %: under the
+# 0.1 % at which SES reviews an account and Gmail starts filtering. Fewer messages than the minimum prove nothing.
+MAILER_MAX_BOUNCE_RATE = env.float("MAILER_MAX_BOUNCE_RATE", default=0.02)
+MAILER_MAX_COMPLAINT_RATE = env.float("MAILER_MAX_COMPLAINT_RATE", default=0.0008)
+MAILER_REPUTATION_MIN_SENT = env.int("MAILER_REPUTATION_MIN_SENT", default=100)
+
+# Rate limits shared by every worker: MAILER_GLOBAL_MAX_RATE (messages/s over all providers; empty: no limit) on top
+# of each provider's own. The circuit breaker: this many retryable failures in a row open a provider's circuit,
+# which stays open for the cool-down, then lets one trial call through. All of it lives in Redis when REDIS_URL is
+# set, else in a SQLite file that the processes of this machine share. The key prefix lets several installations
+# (or test runs) share one Redis.
+MAILER_GLOBAL_MAX_RATE = env.float("MAILER_GLOBAL_MAX_RATE", default=None)
+MAILER_CIRCUIT_FAILURES = env.int("MAILER_CIRCUIT_FAILURES", default=5)
+MAILER_CIRCUIT_COOLDOWN_SECONDS = env.float("MAILER_CIRCUIT_COOLDOWN_SECONDS", default=60.0)
+MAILER_LIMITS_FILE = env.str("MAILER_LIMITS_FILE", default="") or str(VAR_DIR / "limits-state.sqlite3")
+MAILER_LIMITS_KEY_PREFIX = env.str("MAILER_LIMITS_KEY_PREFIX", default="mailer:limits:")
 
 # Double opt-in: how long a confirmation link works; `manage.py optin_resend` re-sends the ones older than this.
 MAILER_OPTIN_EXPIRY_DAYS = env.int("MAILER_OPTIN_EXPIRY_DAYS", default=7)

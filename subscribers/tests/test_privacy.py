@@ -53,6 +53,8 @@ def _rows_holding(text: str) -> dict[str, int]:
     """Rows, per model of every installed app, with `text` in any text or JSON column (case-insensitive)."""
     found = {}
     for model in apps.get_models():
+        if model._meta.proxy:  # the same table as its concrete model, already searched
+            continue
         columns = [f.attname for f in model._meta.concrete_fields if isinstance(f, CharField | TextField | JSONField)]
         if not columns:
             continue
