@@ -24,6 +24,12 @@ def limits_key_prefix(settings) -> str:
     """Rate limits, daily caps and circuits under a key prefix of this test's own: they live outside the test
     database (Redis, or a file shared by every run), and one test's open circuit must not reach the next."""
     settings.MAILER_LIMITS_KEY_PREFIX = f"test-{uuid.uuid4().hex[:12]}:"
+    # Likewise the shared cache's minute-old reputation figures: another test's providers may have had these ids.
+    from django.core.cache import cache
+
+    from delivery.services.reputation import REPUTATION_CACHE_KEY
+
+    cache.delete(REPUTATION_CACHE_KEY)
     return settings.MAILER_LIMITS_KEY_PREFIX
 
 

@@ -7,7 +7,9 @@ drawn by weight, once per chunk, so traffic splits in the weights' proportions a
 For each message the first candidate that routes the recipient's domain (Provider.routing_domains, `*`
 wildcards; empty routes every domain) and is healthy (its circuit lets calls through) is chosen; a message
 whose previous try failed on a provider goes to another eligible one when there is one (failover).
-Capacity (rate, daily cap, warming) is checked per provider afterwards, by the engine.
+Healthy, as the engine asks it: the circuit lets calls through, the 24-hour bounce and complaint rates are
+within the thresholds, and the day's cap (its own, or its warming plan's) is not used up. The rate limit is
+applied per call, by the engine.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ def mailing_candidates(mailing: Mailing, *, rng: random.Random | None = None) ->
     if mailing.provider_id is not None:
         pinned = mailing.provider
         return [pinned] if pinned is not None and pinned.is_enabled else []
-    pool = list(mailing.providers.filter(is_enabled=True)) if mailing.pk else []
-    providers = pool or list(Provider.objects.filter(is_enabled=True))
+    pool = list(mailing.providers.filter(is_enabled=True).select_related("warming_plan")) if mailing.pk else []
+    providers = pool or list(Provider.objects.filter(is_enabled=True).select_related("warming_plan"))
     return providers_order(providers, rng=rng)
 
 
@@ -85,14 +87,22 @@ def route_messages(
         if not serving:
             plan.unroutable.append(message)
             continue
-        usable = [p for p in serving if healthy(p)]
-        if not usable:
+        # Health is asked in order and only as far as needed: asking a half-open circuit uses up its one trial.
+        chosen: Provider | None = None
+        previous: Provider | None = None
+        for provider in serving:
+            if not healthy(provider):
+                continue
+            if message.attempts and provider.pk == message.provider_id and previous is None:
+                # The last try failed on this provider (or its worker was lost): another one gets the next.
+                previous = provider
+                continue
+            chosen = provider
+            break
+        chosen = chosen or previous
+        if chosen is None:
             plan.unhealthy.append(message)
             continue
-        if message.attempts and message.provider_id is not None and len(usable) > 1:
-            # The last try failed on this provider (or its worker was lost): another one gets the next.
-            usable = [p for p in usable if p.pk != message.provider_id] or usable
-        chosen = usable[0]
         plan.providers[chosen.pk] = chosen
         plan.groups.setdefault(chosen.pk, []).append(message)
     return plan

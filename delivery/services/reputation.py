@@ -28,7 +28,7 @@ from delivery.models import Message, WarmingPlan
 # The statuses of a message whose send was recorded; later ones are what the ESP reported about it.
 SENT_STATUSES = (Message.Status.SENT, Message.Status.DELIVERED, Message.Status.BOUNCED, Message.Status.COMPLAINED)
 
-_CACHE_KEY = "delivery:reputation:24h"
+REPUTATION_CACHE_KEY = "delivery:reputation:24h"
 
 
 @dataclass(frozen=True)
@@ -90,11 +90,11 @@ def providers_reputation_24h_cached(*, max_age_seconds: int = 60) -> dict[int, R
     For routing, which would otherwise run the grouped query over a day of messages for every chunk. A rate a minute
     old is as good as a fresh one: bounces and complaints reach us minutes to hours after the send anyway.
     """
-    cached = cache.get(_CACHE_KEY)
+    cached = cache.get(REPUTATION_CACHE_KEY)
     if cached is None:
         fresh = providers_reputation_24h()
         cached = {pk: (r.sent, r.bounced, r.complained) for pk, r in fresh.items()}
-        cache.set(_CACHE_KEY, cached, timeout=max_age_seconds)
+        cache.set(REPUTATION_CACHE_KEY, cached, timeout=max_age_seconds)
     return {pk: Reputation(sent=s, bounced=b, complained=c) for pk, (s, b, c) in cached.items()}
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -22,14 +22,21 @@ from django.db.models import Q
 from django.utils import timezone
 
 from core.addresses import address_hash, email_domain
-from delivery.exceptions import TemplateRenderFailed, TemplateSyntaxInvalid
+from delivery.circuit import circuit_allows, circuit_record
+from delivery.exceptions import LimiterUnavailable, TemplateRenderFailed, TemplateSyntaxInvalid
+from delivery.limits import daily_cap_return, daily_cap_take, daily_count, provider_rate_limits, rate_wait_all
 from delivery.models import Mailing, Message, Provider, SendAttempt, Suppression
 from delivery.providers import provider_connection, send_error_classify
 from delivery.routing import mailing_candidates, route_messages
 from delivery.services.composing import message_build
 from delivery.services.recording import attempt_finish, attempt_start, messages_record
+from delivery.services.reputation import Reputation, provider_reputation_ok, providers_reputation_24h_cached
+from delivery.services.warming import local_today, provider_daily_cap_today
 
 logger = logging.getLogger(__name__)
+
+# How long one send may wait for its rate-limit slot before the rest of the chunk is handed back.
+RATE_WAIT_SECONDS = 2.0
 
 
 @dataclass
@@ -76,8 +83,34 @@ def _retry_at(attempts: int) -> datetime:
     return timezone.now() + timedelta(seconds=base * random.uniform(0.5, 1.5))  # noqa: S311
 
 
-def _provider_healthy(provider: Provider) -> bool:
-    return True
+class _Health:
+    """What routing asks of a provider, once per chunk: circuit, reputation, the day's capacity left."""
+
+    def __init__(self, day: date) -> None:
+        self.day = day
+        self.reputations = providers_reputation_24h_cached()
+        self.reasons: dict[int, str] = {}
+
+    def __call__(self, provider: Provider) -> bool:
+        reason = self._problem(provider)
+        if reason:
+            self.reasons[provider.pk] = reason
+        return not reason
+
+    def _problem(self, provider: Provider) -> str:
+        reputation = self.reputations.get(provider.pk, Reputation())
+        if not provider_reputation_ok(reputation=reputation, plan=provider.warming_plan):
+            return f"{provider.name}: 24-hour bounce or complaint rate above its threshold"
+        cap = provider_daily_cap_today(provider=provider)
+        if cap is not None and daily_count(key=_cap_key(provider), day=self.day) >= cap:
+            return f"{provider.name}: today's cap of {cap} is used up"
+        if not circuit_allows(provider_id=provider.pk):
+            return f"{provider.name}: circuit open after repeated failures"
+        return ""
+
+
+def _cap_key(provider: Provider) -> str:
+    return f"provider:{provider.pk}"
 
 
 def mailing_send_chunk(*, mailing_id: int, chunk_size: int | None = None) -> ChunkResult:
@@ -113,16 +146,25 @@ def mailing_send_chunk(*, mailing_id: int, chunk_size: int | None = None) -> Chu
         result.errors.append("no enabled provider")
         messages_record(done)
         return result
-    plan = route_messages(to_send, candidates, is_healthy=_provider_healthy)
+    try:
+        health = _Health(local_today())
+        plan = route_messages(to_send, candidates, is_healthy=health)
+    except LimiterUnavailable as exc:
+        # The shared limits (Redis) are out of reach: nothing can be sent within the caps, so nothing is tried.
+        _release(to_send, str(exc), timezone.now() + timedelta(seconds=15), result, done)
+        result.errors.append(str(exc))
+        messages_record(done)
+        return result
     for message in plan.unroutable:
         # A configuration mistake, not a passing fault: say which domain found no provider.
         message.status = Message.Status.FAILED
         message.last_error = f"no provider routes mail to {email_domain(message.to_email)}"
         done.append(message)
         result.failed += 1
-    _release(plan.unhealthy, "every provider for this domain is failing", _retry_at(1), result, done)
+    unhealthy = "; ".join(sorted(set(health.reasons.values()))) or "no provider available"
+    _release(plan.unhealthy, unhealthy, _retry_at(1), result, done)
     for provider_id, group in plan.groups.items():
-        _send_group(mailing, plan.providers[provider_id], group, result, done, attempts)
+        _send_capped(mailing, plan.providers[provider_id], group, health.day, result, done, attempts)
     messages_record(done, attempts)
     if result.errors:
         logger.warning("mailing %s chunk: %s", mailing_id, "; ".join(result.errors[:5]))
@@ -139,6 +181,37 @@ def _release(messages: list[Message], reason: str, at: datetime, result: ChunkRe
         result.released += 1
 
 
+def _send_capped(
+    mailing: Mailing,
+    provider: Provider,
+    group: list[Message],
+    day: date,
+    result: ChunkResult,
+    done: list[Message],
+    attempts: list[SendAttempt],
+) -> None:
+    """Take the day's capacity for the group up front (atomically, shared by all workers), send what it grants,
+    and give back what was not used."""
+    cap = provider_daily_cap_today(provider=provider)
+    if cap is None:
+        _send_group(mailing, provider, group, result, done, attempts)
+        return
+    try:
+        granted = daily_cap_take(key=_cap_key(provider), cap=cap, count=len(group), day=day)
+    except LimiterUnavailable as exc:
+        _release(group, str(exc), timezone.now() + timedelta(seconds=15), result, done)
+        return
+    _release(group[granted:], f"{provider.name}: today's cap of {cap} is used up", _retry_at(1), result, done)
+    sent_before = result.sent + result.failed + result.retrying
+    _send_group(mailing, provider, group[:granted], result, done, attempts)
+    used = result.sent + result.failed + result.retrying - sent_before
+    if used < granted:
+        try:
+            daily_cap_return(key=_cap_key(provider), count=granted - used, day=day)
+        except LimiterUnavailable:
+            logger.warning("could not give back %s of %s's daily cap", granted - used, provider.name)
+
+
 def _send_group(
     mailing: Mailing,
     provider: Provider,
@@ -148,9 +221,21 @@ def _send_group(
     attempts: list[SendAttempt],
 ) -> None:
     """Send one provider's share of the chunk over one connection (backends are not thread-safe: one each)."""
+    limits = provider_rate_limits(provider_id=provider.pk, max_rate=provider.max_rate)
     backend = provider_connection(provider)
     with backend:
         for index, message in enumerate(group):
+            if limits:
+                try:
+                    granted = rate_wait_all(limits=limits, count=1, max_wait=RATE_WAIT_SECONDS)
+                except LimiterUnavailable as exc:
+                    _release(group[index:], str(exc), timezone.now() + timedelta(seconds=15), result, done)
+                    return
+                if not granted:
+                    # Busier than the rate allows: the rest waits for the next chunk rather than holding a worker.
+                    reason = f"{provider.name}: at its rate limit"
+                    _release(group[index:], reason, timezone.now() + timedelta(seconds=1), result, done)
+                    return
             try:
                 email = message_build(mailing, message)
             except (TemplateRenderFailed, TemplateSyntaxInvalid) as exc:
@@ -169,6 +254,7 @@ def _send_group(
                 error = send_error_classify(exc)
                 _failed(message, attempt, error.retryable, error.reason, result)
                 done.append(message)
+                _circuit_record(provider, ok=not error.retryable)
                 if error.retryable:
                     # The provider is failing: put the rest back without spending an attempt on them; they go
                     # to another provider next time if there is one.
@@ -184,6 +270,15 @@ def _send_group(
             attempt_finish(attempt, outcome=SendAttempt.Outcome.SENT, esp_message_id=message.esp_message_id)
             done.append(message)
             result.sent += 1
+            _circuit_record(provider, ok=True)
+
+
+def _circuit_record(provider: Provider, *, ok: bool) -> None:
+    """A refused request is still an answer: only retryable failures (network, 5xx, 429) count against it."""
+    try:
+        circuit_record(provider_id=provider.pk, ok=ok)
+    except LimiterUnavailable:
+        logger.warning("circuit state of %s not recorded: limits store unavailable", provider.name)
 
 
 def _failed(message: Message, attempt: SendAttempt, retryable: bool, reason: str, result: ChunkResult) -> None:
