@@ -5,6 +5,7 @@ The vendor differences live in lookup tables here, so the sending flow is writte
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -15,6 +16,7 @@ from django.conf import settings
 from django.core.mail import get_connection
 from django.core.mail.backends.base import BaseEmailBackend
 
+from core.exceptions import ApplicationError
 from delivery.models import Provider
 
 BACKENDS: dict[str, str] = {
@@ -35,11 +37,53 @@ SES_RETRYABLE_CODES = {
 }
 
 
+class ProviderMisconfigured(ApplicationError):
+    code = "provider_misconfigured"
+
+
+def provider_secret(provider: Provider) -> str | None:
+    """The provider's secret from the environment variable it names; None when it names none (the settings'
+    default for its kind applies). Secrets are never stored in the database."""
+    if not provider.secret_env:
+        return None
+    value = os.environ.get(provider.secret_env, "").strip()
+    if not value:
+        raise ProviderMisconfigured(
+            f"Provider '{provider.name}': the environment variable {provider.secret_env} is not set.",
+            {"provider": provider.pk, "variable": provider.secret_env},
+        )
+    return value
+
+
 def provider_connection(provider: Provider) -> BaseEmailBackend:
-    """A new backend instance for one chunk: backends are not thread-safe, so never share one."""
+    """A new backend instance for one chunk: backends are not thread-safe, so never share one.
+
+    Raises ProviderMisconfigured when the secret it names is missing (or malformed).
+    """
     kwargs: dict[str, Any] = {}
-    if provider.kind == Provider.Kind.SMTP:
-        url = urlsplit(settings.SMTP_URL)
+    secret = provider_secret(provider)
+    if provider.kind == Provider.Kind.SENDGRID and secret:
+        kwargs["api_key"] = secret
+    elif provider.kind == Provider.Kind.POSTMARK:
+        if secret:
+            kwargs["server_token"] = secret
+        if provider.message_stream:
+            kwargs["message_stream"] = provider.message_stream
+    elif provider.kind == Provider.Kind.AMAZON_SES:
+        if secret:
+            key_id, sep, secret_key = secret.partition(":")
+            if not sep or not key_id or not secret_key:
+                raise ProviderMisconfigured(
+                    f"Provider '{provider.name}': {provider.secret_env} must hold ACCESS_KEY_ID:SECRET_ACCESS_KEY.",
+                    {"provider": provider.pk, "variable": provider.secret_env},
+                )
+            params = dict(settings.ANYMAIL.get("AMAZON_SES_CLIENT_PARAMS", {}))
+            params.update({"aws_access_key_id": key_id, "aws_secret_access_key": secret_key})
+            kwargs["client_params"] = params
+        if provider.configuration_set:
+            kwargs["configuration_set_name"] = provider.configuration_set
+    elif provider.kind == Provider.Kind.SMTP:
+        url = urlsplit(secret or settings.SMTP_URL)
         kwargs = {
             "host": url.hostname or "127.0.0.1",
             "port": url.port or 25,

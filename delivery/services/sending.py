@@ -26,7 +26,7 @@ from delivery.circuit import circuit_allows, circuit_record
 from delivery.exceptions import LimiterUnavailable, TemplateRenderFailed, TemplateSyntaxInvalid
 from delivery.limits import daily_cap_return, daily_cap_take, daily_count, provider_rate_limits, rate_wait_all
 from delivery.models import Mailing, Message, Provider, SendAttempt, Suppression
-from delivery.providers import provider_connection, send_error_classify
+from delivery.providers import ProviderMisconfigured, provider_connection, provider_secret, send_error_classify
 from delivery.routing import mailing_candidates, route_messages
 from delivery.services.composing import message_build
 from delivery.services.recording import attempt_finish, attempt_start, messages_record
@@ -106,6 +106,10 @@ class _Health:
             return f"{provider.name}: today's cap of {cap} is used up"
         if not circuit_allows(provider_id=provider.pk):
             return f"{provider.name}: circuit open after repeated failures"
+        try:
+            provider_secret(provider)
+        except ProviderMisconfigured as exc:
+            return exc.message
         return ""
 
 

@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from delivery.circuit import circuit_state
 from delivery.models import Message, Provider, SendAttempt, WarmingPlan
+from delivery.providers import provider_connection
 from delivery.services import mailing_send_chunk
 from tests.factories import MailingFactory, MessageFactory
 
@@ -140,3 +141,37 @@ def test_the_rate_limit_holds_in_every_second_and_everything_is_sent(sandbox, tw
     for index, start in enumerate(starts):
         in_window = [s for s in starts[index:] if s - start < timedelta(seconds=1)]
         assert len(in_window) <= 4
+
+
+def test_a_provider_takes_its_secret_stream_and_configuration_set_from_its_row_and_the_environment(monkeypatch):
+    monkeypatch.setenv("MAILER_TEST_POSTMARK_TOKEN", "pm-secret")
+    monkeypatch.setenv("MAILER_TEST_SES_KEYS", "AKIAEXAMPLE:ses-secret")
+    postmark = Provider(name="pm", kind=Provider.Kind.POSTMARK, secret_env="MAILER_TEST_POSTMARK_TOKEN",
+                        message_stream="broadcast")  # fmt: skip
+    ses = Provider(name="ses", kind=Provider.Kind.AMAZON_SES, secret_env="MAILER_TEST_SES_KEYS",
+                   configuration_set="tracking")  # fmt: skip
+
+    pm_backend, ses_backend = provider_connection(postmark), provider_connection(ses)
+
+    assert (pm_backend.server_token, pm_backend.message_stream) == ("pm-secret", "broadcast")
+    assert ses_backend.configuration_set_name == "tracking"
+    assert ses_backend.client_params["aws_access_key_id"] == "AKIAEXAMPLE"
+    assert ses_backend.client_params["aws_secret_access_key"] == "ses-secret"
+
+
+def test_a_provider_whose_secret_is_missing_is_passed_over_with_the_reason(sandbox, two_providers, monkeypatch):
+    first, second = two_providers
+    monkeypatch.delenv("MAILER_TEST_ABSENT", raising=False)
+    Provider.objects.filter(pk=first.pk).update(secret_env="MAILER_TEST_ABSENT")
+    mailing = MailingFactory()
+    MessageFactory.create_batch(2, mailing=mailing)
+
+    mailing_send_chunk(mailing_id=mailing.pk)
+    assert _sent_by() == {"second": 2}
+
+    Provider.objects.filter(pk=second.pk).update(is_enabled=False)
+    lone = MessageFactory(mailing=mailing)
+    result = mailing_send_chunk(mailing_id=mailing.pk)
+    lone.refresh_from_db()
+    assert (result.released, lone.attempts) == (1, 0)
+    assert lone.last_error == "not tried: Provider 'first': the environment variable MAILER_TEST_ABSENT is not set."
