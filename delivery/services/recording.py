@@ -56,7 +56,9 @@ def messages_record(messages: list[Message], attempts: list[SendAttempt] | None 
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(sql, params)
         if attempts:
-            SendAttempt.objects.bulk_update(attempts, ["finished_at", "outcome", "error", "esp_message_id"])
+            SendAttempt.objects.bulk_update(
+                attempts, ["started_at", "finished_at", "outcome", "error", "esp_message_id"]
+            )
 
 
 def attempt_start(*, message: Message, provider_id: int) -> SendAttempt:
@@ -71,3 +73,14 @@ def attempt_finish(attempt: SendAttempt, *, outcome: str, error: str = "", esp_m
     attempt.outcome = outcome
     attempt.error = error[:2000]
     attempt.esp_message_id = esp_message_id[:255]
+
+
+def attempts_prepare(*, messages: list[Message], provider_id: int) -> dict[int, SendAttempt]:
+    """The attempt rows of a group sent by several threads, written in one statement before the first call:
+    should the worker die, every message of the group shows an attempt without an end (a superset of those
+    whose call was really in flight)."""
+    now = timezone.now()
+    rows = SendAttempt.objects.bulk_create(
+        [SendAttempt(message_id=message.pk, provider_id=provider_id, started_at=now) for message in messages]
+    )
+    return {row.message_id: row for row in rows}

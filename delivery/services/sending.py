@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
@@ -29,7 +31,7 @@ from delivery.models import Mailing, Message, Provider, SendAttempt, Suppression
 from delivery.providers import ProviderMisconfigured, provider_connection, provider_secret, send_error_classify
 from delivery.routing import mailing_candidates, route_messages
 from delivery.services.composing import message_build
-from delivery.services.recording import attempt_finish, attempt_start, messages_record
+from delivery.services.recording import attempt_finish, attempt_start, attempts_prepare, messages_record
 from delivery.services.reputation import Reputation, provider_reputation_ok, providers_reputation_24h_cached
 from delivery.services.warming import local_today, provider_daily_cap_today
 
@@ -48,6 +50,11 @@ class ChunkResult:
     retrying: int = 0
     released: int = 0
     errors: list[str] = field(default_factory=list)
+
+    def merge(self, other: ChunkResult) -> None:
+        for name in ("claimed", "sent", "suppressed", "failed", "retrying", "released"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.errors.extend(other.errors)
 
 
 def _due_queued(mailing_id: int):
@@ -216,6 +223,20 @@ def _send_capped(
             logger.warning("could not give back %s of %s's daily cap", granted - used, provider.name)
 
 
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _send_pool() -> ThreadPoolExecutor:
+    """Threads that keep several ESP calls in flight at once; made on first use, so in each worker process
+    (a pool made before a fork would not work in the child)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=settings.MAILER_SEND_THREADS, thread_name_prefix="mailer-send")
+        return _pool
+
+
 def _send_group(
     mailing: Mailing,
     provider: Provider,
@@ -224,11 +245,73 @@ def _send_group(
     done: list[Message],
     attempts: list[SendAttempt],
 ) -> None:
-    """Send one provider's share of the chunk over one connection (backends are not thread-safe: one each)."""
+    """Send one provider's share of the chunk, MAILER_SEND_THREADS calls at a time.
+
+    An ESP call is mostly waiting for the network, so one worker keeps several in flight, each thread with its
+    own connection (anymail backends are not thread-safe). The threads never touch the database: the attempt
+    rows of the whole group are written before the first call (and those never tried removed after), and the
+    outcomes are recorded by the caller in one statement, as for a single thread.
+    """
     limits = provider_rate_limits(provider_id=provider.pk, max_rate=provider.max_rate)
+    threads = max(1, min(settings.MAILER_SEND_THREADS, len(group)))
+    stop = _Stop()
+    if threads == 1:
+        _send_slice(mailing, provider, group, limits, None, stop, result, done, attempts)
+        return
+    prepared = attempts_prepare(messages=group, provider_id=provider.pk)
+
+    def run(part: list[Message]) -> tuple[ChunkResult, list[Message], list[SendAttempt]]:
+        part_result = ChunkResult()
+        part_done: list[Message] = []
+        part_attempts: list[SendAttempt] = []
+        _send_slice(mailing, provider, part, limits, prepared, stop, part_result, part_done, part_attempts)
+        return part_result, part_done, part_attempts
+
+    for part_result, part_done, part_attempts in _send_pool().map(run, [group[i::threads] for i in range(threads)]):
+        result.merge(part_result)
+        done.extend(part_done)
+        attempts.extend(part_attempts)
+    tried = {attempt.pk for attempt in attempts}
+    untried = [attempt.pk for attempt in prepared.values() if attempt.pk not in tried]
+    if untried:
+        SendAttempt.objects.filter(pk__in=untried).delete()
+
+
+class _Stop:
+    """Shared by the threads of a group: the first retryable failure stops the others' next calls."""
+
+    def __init__(self) -> None:
+        self.reason = ""
+        self._event = threading.Event()
+
+    def set(self, reason: str) -> None:
+        self.reason = reason
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+
+def _send_slice(
+    mailing: Mailing,
+    provider: Provider,
+    group: list[Message],
+    limits: list[tuple[str, float]],
+    prepared: dict[int, SendAttempt] | None,
+    stop: _Stop,
+    result: ChunkResult,
+    done: list[Message],
+    attempts: list[SendAttempt],
+) -> None:
+    """Send messages one after the other over one connection."""
     backend = provider_connection(provider)
     with backend:
         for index, message in enumerate(group):
+            if stop.is_set():
+                # The provider is failing: put the rest back without spending an attempt on them; they go to
+                # another provider next time if there is one.
+                _release(group[index:], stop.reason, _retry_at(1), result, done)
+                return
             if limits:
                 try:
                     granted = rate_wait_all(limits=limits, count=1, max_wait=RATE_WAIT_SECONDS)
@@ -250,7 +333,11 @@ def _send_group(
                 continue
             message.provider = provider
             message.attempts += 1
-            attempt = attempt_start(message=message, provider_id=provider.pk)
+            if prepared is None:
+                attempt = attempt_start(message=message, provider_id=provider.pk)
+            else:
+                attempt = prepared[message.pk]
+                attempt.started_at = timezone.now()
             attempts.append(attempt)
             try:
                 backend.send_messages([email])
@@ -260,10 +347,7 @@ def _send_group(
                 done.append(message)
                 _circuit_record(provider, ok=not error.retryable)
                 if error.retryable:
-                    # The provider is failing: put the rest back without spending an attempt on them; they go
-                    # to another provider next time if there is one.
-                    _release(group[index + 1 :], error.reason, _retry_at(1), result, done)
-                    return
+                    stop.set(error.reason)
                 continue
             status = getattr(email, "anymail_status", None)
             recipient = status.recipients.get(message.to_email) if status is not None else None

@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from delivery.models import Message, Provider
+from delivery.models import Message, Provider, SendAttempt
 from delivery.services import mailing_send_chunk, messages_reclaim_expired, suppression_add
 from delivery.unsubscribe import unsubscribe_token_read
 from tests.factories import MailingFactory, MessageFactory, ProviderFactory
@@ -80,7 +80,8 @@ def test_suppression_found_at_send_time_stops_a_claimed_message(sandbox):
     ("kind", "status"),
     [(Provider.Kind.SENDGRID, 429), (Provider.Kind.POSTMARK, 503), (Provider.Kind.AMAZON_SES, 429)],
 )
-def test_a_retryable_error_requeues_with_backoff_and_releases_the_rest_of_the_chunk(sandbox, kind, status):
+def test_a_retryable_error_requeues_with_backoff_and_releases_the_rest_of_the_chunk(sandbox, kind, status, settings):
+    settings.MAILER_SEND_THREADS = 1  # one connection: the second message is not yet in flight when the first fails
     mailing = _mailing(kind)
     first, second = MessageFactory(mailing=mailing), MessageFactory(mailing=mailing)
     sandbox.configure(fail_next=[{"esp": "*", "status": status, "times": 1}])
@@ -161,3 +162,33 @@ def test_a_message_already_recorded_by_another_path_is_not_overwritten(sandbox):
 
     message.refresh_from_db()
     assert message.status == Message.Status.CANCELLED
+
+
+def test_several_threads_send_every_message_once_with_one_attempt_row_each(sandbox, settings):
+    settings.MAILER_SEND_THREADS = 4
+    mailing = _mailing(Provider.Kind.POSTMARK)
+    messages = MessageFactory.create_batch(40, mailing=mailing)
+
+    result = mailing_send_chunk(mailing_id=mailing.pk)
+
+    assert (result.sent, result.failed, result.released) == (40, 0, 0)
+    assert sorted(m.to[0] for m in sandbox.messages) == sorted(m.to_email for m in messages)
+    assert Message.objects.filter(status=Message.Status.SENT).count() == 40
+    assert set(SendAttempt.objects.values_list("outcome", flat=True)) == {"sent"}
+    assert SendAttempt.objects.count() == 40
+
+
+def test_a_failing_provider_stops_every_thread_and_leaves_no_attempt_for_messages_never_tried(sandbox, settings):
+    settings.MAILER_SEND_THREADS = 4
+    mailing = _mailing(Provider.Kind.POSTMARK)
+    MessageFactory.create_batch(40, mailing=mailing)
+    sandbox.configure(fail_next=[{"esp": "postmark", "status": 503, "times": 1}])
+
+    result = mailing_send_chunk(mailing_id=mailing.pk)
+
+    assert result.retrying == 1
+    assert result.sent + result.retrying + result.released == 40
+    assert result.released > 0  # the other threads stopped instead of sending on
+    tried = Message.objects.filter(attempts__gt=0)
+    assert SendAttempt.objects.count() == tried.count() == result.sent + 1
+    assert not Message.objects.filter(status=Message.Status.SENDING).exists()

@@ -57,6 +57,8 @@ MAILER_MAX_ATTEMPTS = env.int("MAILER_MAX_ATTEMPTS", default=5)
 MAILER_LEASE_SECONDS = env.int("MAILER_LEASE_SECONDS", default=300)
 MAILER_UNSUBSCRIBE_MAILTO = env.str("MAILER_UNSUBSCRIBE_MAILTO", default="")
 MAILER_SEND_PARALLELISM = env.int("MAILER_SEND_PARALLELISM", default=2)
+# ESP calls each worker process keeps in flight at once (threads, one connection each).
+MAILER_SEND_THREADS = env.int("MAILER_SEND_THREADS", default=8)
 
 # Provider reputation over the last 24 hours, for a provider without a warming plan (a plan has its own thresholds):
 # above these rates it is left out of routing. 2 %: AWS's advice for SES (which reviews at 5 %); 0.08 %: under the
