@@ -12,7 +12,15 @@ from django.utils.html import format_html, format_html_join
 
 from campaigns.models import Campaign, Template
 from campaigns.selectors import campaign_message_counts
-from campaigns.services import audience_count, campaign_audience, campaign_cancel, campaign_schedule, campaign_send
+from campaigns.services import (
+    audience_count,
+    campaign_audience,
+    campaign_cancel,
+    campaign_pause,
+    campaign_resume,
+    campaign_schedule,
+    campaign_send,
+)
 from core.exceptions import ApplicationError
 from delivery.models import Message
 
@@ -36,7 +44,7 @@ class CampaignAdmin(admin.ModelAdmin):
     search_fields = ["name"]
     filter_horizontal = ["lists", "exclude_lists"]
     readonly_fields = ["status", "started_at", "finished_at", "mailing", "message_counts", "audience_size"]
-    actions = ["send_now", "schedule", "cancel"]
+    actions = ["send_now", "schedule", "pause", "resume", "cancel"]
     fieldsets = [
         (None, {"fields": ["name", "template", "from_email", "reply_to", "provider"]}),
         ("Audience", {"fields": ["lists", "segment", "exclude_lists", "audience_size"]}),
@@ -116,6 +124,14 @@ class CampaignAdmin(admin.ModelAdmin):
     @admin.action(description="Send now")
     def send_now(self, request: HttpRequest, queryset) -> None:
         self._run(request, queryset, campaign_send, "sending started.")
+
+    @admin.action(description="Pause")
+    def pause(self, request: HttpRequest, queryset) -> None:
+        self._run(request, queryset, campaign_pause, "paused; messages in flight finish, the rest wait.")
+
+    @admin.action(description="Resume")
+    def resume(self, request: HttpRequest, queryset) -> None:
+        self._run(request, queryset, campaign_resume, "sending again.")
 
     @admin.action(description="Cancel")
     def cancel(self, request: HttpRequest, queryset) -> None:

@@ -144,6 +144,9 @@ class Mailing(TimeStampedModel):
         Provider, blank=True, related_name="pooled_mailings", help_text="A pool to route among; empty: all."
     )
     list_id = models.CharField(max_length=200, blank=True, help_text="List-Id header value for bulk mail.")
+    is_paused = models.BooleanField(
+        default=False, help_text="No new chunk is claimed while paused; a chunk already in flight finishes."
+    )
     # Opaque to delivery; the app that created the mailing reads it back (for example the lists an unsubscribe
     # link should leave).
     owner_data = models.JSONField(default=dict, blank=True)

@@ -12,7 +12,7 @@ from campaigns.services.fanout import Audience, audience_count, audience_materia
 from delivery.models import Mailing
 from delivery.rendering import template_check
 from delivery.selectors import mailing_has_pending
-from delivery.services import mailing_cancel, mailing_create
+from delivery.services import mailing_cancel, mailing_create, mailing_pause, mailing_resume
 from delivery.tasks import mailing_send_start
 from subscribers.segments import SegmentRuleInvalid
 from subscribers.services import engagement_sent_record
@@ -127,9 +127,44 @@ def campaign_start(*, campaign: Campaign) -> Campaign:
 
 
 @transaction.atomic
+def campaign_pause(*, campaign: Campaign) -> Campaign:
+    """Stop sending within one chunk: messages not yet claimed wait; those in flight finish."""
+    campaign = _locked(campaign)
+    if campaign.status != Campaign.Status.SENDING or campaign.mailing is None:
+        raise CampaignNotSendable(
+            f"Campaign '{campaign.name}' is {campaign.get_status_display().lower()}; only a sending campaign can "
+            "be paused."
+        )
+    mailing_pause(mailing=campaign.mailing)
+    campaign.status = Campaign.Status.PAUSED
+    campaign.save(update_fields=["status", "updated_at"])
+    return campaign
+
+
+@transaction.atomic
+def campaign_resume(*, campaign: Campaign) -> Campaign:
+    """Carry on where it stopped: only messages still queued are sent, so nothing goes twice."""
+    campaign = _locked(campaign)
+    if campaign.status != Campaign.Status.PAUSED or campaign.mailing is None:
+        raise CampaignNotSendable(
+            f"Campaign '{campaign.name}' is {campaign.get_status_display().lower()}; only a paused campaign can "
+            "be resumed."
+        )
+    mailing_resume(mailing=campaign.mailing)
+    campaign.status = Campaign.Status.SENDING
+    campaign.save(update_fields=["status", "updated_at"])
+    return campaign
+
+
+@transaction.atomic
 def campaign_cancel(*, campaign: Campaign) -> Campaign:
     campaign = _locked(campaign)
-    if campaign.status not in (Campaign.Status.DRAFT, Campaign.Status.SCHEDULED, Campaign.Status.SENDING):
+    if campaign.status not in (
+        Campaign.Status.DRAFT,
+        Campaign.Status.SCHEDULED,
+        Campaign.Status.SENDING,
+        Campaign.Status.PAUSED,
+    ):
         raise CampaignNotSendable(f"Campaign '{campaign.name}' is {campaign.status} and cannot be cancelled.")
     if campaign.mailing is not None:
         mailing_cancel(mailing=campaign.mailing)

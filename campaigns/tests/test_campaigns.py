@@ -9,12 +9,14 @@ from campaigns.services import (
     Audience,
     audience_materialize,
     campaign_cancel,
+    campaign_pause,
+    campaign_resume,
     campaign_schedule,
     campaign_send,
     campaigns_dispatch_due,
 )
 from delivery.models import Message
-from delivery.services import mailing_create
+from delivery.services import mailing_create, mailing_send_chunk, mailings_pump
 from subscribers.engagement import anchor_after
 from subscribers.models import Segment, Subscriber, Subscription
 from tests.factories import (
@@ -258,3 +260,45 @@ def test_a_subscriber_pending_confirmation_gets_no_message(audience):
     audience_materialize(mailing=mailing, audience=Audience(list_ids=[news.pk]))
 
     assert set(Message.objects.values_list("to_email", flat=True)) == audience["recipients"] | {audience["suppressed"]}
+
+
+def test_pause_takes_effect_at_the_next_chunk_and_resume_sends_the_rest_once(
+    sandbox, django_capture_on_commit_callbacks
+):
+    news = MailingListFactory()
+    for _ in range(10):
+        SubscriptionFactory(mailing_list=news)
+    campaign = CampaignFactory()
+    campaign.lists.set([news])
+    with django_capture_on_commit_callbacks():
+        campaign = campaign_send(campaign=campaign)
+    mailing_id = campaign.mailing_id
+
+    assert mailing_send_chunk(mailing_id=mailing_id, chunk_size=4).sent == 4
+    campaign = campaign_pause(campaign=campaign)
+    assert campaign.status == Campaign.Status.PAUSED
+    assert mailing_send_chunk(mailing_id=mailing_id, chunk_size=4).claimed == 0
+    assert mailings_pump() == []
+    assert len(sandbox.messages) == 4
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        campaign = campaign_resume(campaign=campaign)
+    assert campaign.status == Campaign.Status.SENDING
+    assert len(callbacks) == 1  # sending starts again once this commits
+    while mailing_send_chunk(mailing_id=mailing_id, chunk_size=4).claimed:
+        pass
+
+    received = [m.to[0] for m in sandbox.messages]
+    assert len(received) == len(set(received)) == 10
+
+
+def test_only_a_sending_campaign_can_be_paused_and_only_a_paused_one_resumed():
+    campaign = CampaignFactory(name="Draft")
+
+    with pytest.raises(CampaignNotSendable) as paused:
+        campaign_pause(campaign=campaign)
+    with pytest.raises(CampaignNotSendable) as resumed:
+        campaign_resume(campaign=campaign)
+
+    assert paused.value.message == "Campaign 'Draft' is draft; only a sending campaign can be paused."
+    assert resumed.value.message == "Campaign 'Draft' is draft; only a paused campaign can be resumed."

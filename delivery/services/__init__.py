@@ -11,7 +11,14 @@ from delivery.services.deadletters import (
     deadletters_purge,
     deadletters_retry,
 )
-from delivery.services.mailings import mailing_cancel, mailing_create, message_status_apply, messages_erase_address
+from delivery.services.mailings import (
+    mailing_cancel,
+    mailing_create,
+    mailing_pause,
+    mailing_resume,
+    message_status_apply,
+    messages_erase_address,
+)
 from delivery.services.sending import (
     ChunkResult,
     mailing_send_chunk,
@@ -30,6 +37,8 @@ __all__ = [
     "deadletters_retry",
     "mailing_cancel",
     "mailing_create",
+    "mailing_pause",
+    "mailing_resume",
     "mailing_send_chunk",
     "mailings_pump",
     "message_status_apply",

@@ -116,3 +116,18 @@ def messages_erase_address(*, email: str) -> tuple[int, int]:
         updated_at=timezone.now(),
     )
     return stopped, anonymized
+
+
+def mailing_pause(*, mailing: Mailing) -> bool:
+    """Stop claiming: takes effect at the next chunk; a chunk already in flight finishes and is recorded."""
+    return bool(Mailing.objects.filter(pk=mailing.pk, is_paused=False).update(is_paused=True))
+
+
+def mailing_resume(*, mailing: Mailing) -> bool:
+    """Claim again. Only queued messages are ever claimed, so nothing sent before the pause goes twice."""
+    from delivery.tasks import mailing_send_start
+
+    resumed = bool(Mailing.objects.filter(pk=mailing.pk, is_paused=True).update(is_paused=False))
+    if resumed:
+        mailing_send_start(mailing.pk)
+    return resumed

@@ -127,6 +127,8 @@ def _cap_key(provider: Provider) -> str:
 def mailing_send_chunk(*, mailing_id: int, chunk_size: int | None = None) -> ChunkResult:
     """Send one chunk of a mailing's due messages. Safe to run in many workers at once."""
     result = ChunkResult()
+    if Mailing.objects.filter(pk=mailing_id, is_paused=True).exists():
+        return result  # paused: nothing more is claimed until it is resumed
     messages = messages_claim(mailing_id=mailing_id, limit=chunk_size or settings.MAILER_CHUNK_SIZE)
     result.claimed = len(messages)
     if not messages:
@@ -400,7 +402,7 @@ def mailings_pump() -> list[int]:
     """Mailings with messages due now: the callers start sending tasks for them."""
     now = timezone.now()
     return list(
-        Message.objects.filter(status=Message.Status.QUEUED)
+        Message.objects.filter(status=Message.Status.QUEUED, mailing__is_paused=False)
         .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
         .values_list("mailing_id", flat=True)
         .distinct()
