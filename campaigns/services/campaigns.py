@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from email.utils import parseaddr
 
 from django.db import transaction
 from django.utils import timezone
@@ -9,6 +10,7 @@ from django.utils import timezone
 from campaigns.exceptions import CampaignNotSendable
 from campaigns.models import Campaign
 from campaigns.services.fanout import Audience, audience_count, audience_materialize
+from core.addresses import InvalidEmailAddress, email_clean
 from delivery.models import Mailing
 from delivery.rendering import template_check
 from delivery.selectors import mailing_has_pending
@@ -33,6 +35,14 @@ def _check_sendable(campaign: Campaign) -> None:
         template_check(getattr(campaign.template, part), part=part)
     if not campaign.from_email:
         raise CampaignNotSendable(f"Campaign '{campaign.name}' has no sender address.", {"field": "from_email"})
+    sender = parseaddr(campaign.from_email)[1]
+    try:
+        email_clean(sender)
+    except InvalidEmailAddress as exc:
+        raise CampaignNotSendable(
+            f"Campaign '{campaign.name}': the sender {campaign.from_email!r} is not a valid address.",
+            {"field": "from_email"},
+        ) from exc
     audience = campaign_audience(campaign=campaign)
     if audience.is_empty:
         raise CampaignNotSendable(f"Campaign '{campaign.name}' targets no list and no segment.", {"field": "lists"})

@@ -302,3 +302,15 @@ def test_only_a_sending_campaign_can_be_paused_and_only_a_paused_one_resumed():
 
     assert paused.value.message == "Campaign 'Draft' is draft; only a sending campaign can be paused."
     assert resumed.value.message == "Campaign 'Draft' is draft; only a paused campaign can be resumed."
+
+
+@pytest.mark.parametrize("sender", ["News <news@>", "not an address", "News <news@mailer..example>"])
+def test_a_campaign_with_an_invalid_sender_is_refused_and_nothing_is_created(audience, sender):
+    campaign = CampaignFactory(name="Bad sender", from_email=sender)
+    campaign.lists.set(audience["lists"])
+
+    with pytest.raises(CampaignNotSendable) as caught:
+        campaign_send(campaign=campaign)
+
+    assert caught.value.message == f"Campaign 'Bad sender': the sender {sender!r} is not a valid address."
+    assert not Message.objects.exists()
