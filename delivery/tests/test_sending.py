@@ -192,3 +192,19 @@ def test_a_failing_provider_stops_every_thread_and_leaves_no_attempt_for_message
     tried = Message.objects.filter(attempts__gt=0)
     assert SendAttempt.objects.count() == tried.count() == result.sent + 1
     assert not Message.objects.filter(status=Message.Status.SENDING).exists()
+
+
+def test_a_template_variable_missing_for_one_recipient_fails_that_message_only(sandbox):
+    mailing = _mailing(Provider.Kind.POSTMARK, html_template="<p>Your code: {{ attributes.coupon.code }}</p>")
+    ok = MessageFactory(mailing=mailing, context={"name": "Ann", "attributes": {"coupon": {"code": "X1"}}})
+    lacking = MessageFactory(mailing=mailing, context={"name": "Bob", "attributes": {}})
+
+    result = mailing_send_chunk(mailing_id=mailing.pk)
+
+    assert (result.sent, result.failed) == (1, 1)
+    lacking.refresh_from_db()
+    ok.refresh_from_db()
+    assert ok.status == Message.Status.SENT
+    assert lacking.status == Message.Status.FAILED
+    assert "coupon" in lacking.last_error and lacking.last_error.startswith("Template")
+    assert [m.to[0] for m in sandbox.messages] == [ok.to_email]
