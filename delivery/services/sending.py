@@ -12,8 +12,11 @@ them back in the queue.
 from __future__ import annotations
 
 import logging
+import queue
 import random
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -133,6 +136,19 @@ def mailing_send_chunk(*, mailing_id: int, chunk_size: int | None = None) -> Chu
     result.claimed = len(messages)
     if not messages:
         return result
+    try:
+        return _chunk_send(mailing_id, messages, result)
+    except BaseException:
+        # Something unexpected (a cache or database outage, a bug): what was never handed to a provider goes
+        # back to the queue now instead of waiting out its lease; what may have reached one waits for the lease.
+        try:
+            messages_release_untried(message_ids=[message.pk for message in messages])
+        except Exception:  # the database itself may be what failed: then the lease brings them back
+            logger.exception("mailing %s: claimed messages not released", mailing_id)
+        raise
+
+
+def _chunk_send(mailing_id: int, messages: list[Message], result: ChunkResult) -> ChunkResult:
     mailing = Mailing.objects.select_related("provider").get(pk=mailing_id)
     done: list[Message] = []
     attempts: list[SendAttempt] = []
@@ -184,7 +200,9 @@ def mailing_send_chunk(*, mailing_id: int, chunk_size: int | None = None) -> Chu
     return result
 
 
-def _release(messages: list[Message], reason: str, at: datetime, result: ChunkResult, done: list[Message]) -> None:
+def _release(
+    messages: list[Message], reason: str, at: datetime, result: ChunkResult, done: list[Message] | _Released
+) -> None:
     """Back to the queue without spending an attempt: nothing was tried."""
     for message in messages:
         message.status = Message.Status.QUEUED
@@ -239,6 +257,48 @@ def _send_pool() -> ThreadPoolExecutor:
         return _pool
 
 
+class _Recorder:
+    """Writes outcomes as they come, in small batches, from the thread that owns the database connection.
+
+    A worker killed mid-chunk then leaves unrecorded only what it sent in the last fraction of a second (sent
+    again once its lease expires), not the whole chunk.
+    """
+
+    EVERY = 10
+    SECONDS = 0.2
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.attempts: list[SendAttempt] = []
+        self.recorded_attempts: set[int] = set()
+        self.at = time.monotonic()
+
+    def add(self, message: Message, attempt: SendAttempt | None) -> None:
+        self.messages.append(message)
+        if attempt is not None:
+            self.attempts.append(attempt)
+
+    def flush_if_due(self) -> None:
+        if len(self.messages) >= self.EVERY or time.monotonic() - self.at >= self.SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.messages:
+            messages_record(self.messages, self.attempts)
+            self.recorded_attempts.update(attempt.pk for attempt in self.attempts)
+        self.messages, self.attempts, self.at = [], [], time.monotonic()
+
+
+class _Released:
+    """What _release appends to: a message given back untried, passed on as an outcome without an attempt."""
+
+    def __init__(self, emit: Callable[[Message, SendAttempt | None], None]) -> None:
+        self.emit = emit
+
+    def append(self, message: Message) -> None:
+        self.emit(message, None)
+
+
 def _send_group(
     mailing: Mailing,
     provider: Provider,
@@ -247,34 +307,49 @@ def _send_group(
     done: list[Message],
     attempts: list[SendAttempt],
 ) -> None:
-    """Send one provider's share of the chunk, MAILER_SEND_THREADS calls at a time.
+    """Send one provider's share of the chunk, MAILER_SEND_THREADS calls at a time, recording as it goes.
 
     An ESP call is mostly waiting for the network, so one worker keeps several in flight, each thread with its
     own connection (anymail backends are not thread-safe). The threads never touch the database: the attempt
-    rows of the whole group are written before the first call (and those never tried removed after), and the
-    outcomes are recorded by the caller in one statement, as for a single thread.
+    rows of the whole group are written before the first call (those never tried are removed after), and the
+    threads hand each outcome to this thread, which records them in small batches.
     """
     limits = provider_rate_limits(provider_id=provider.pk, max_rate=provider.max_rate)
     threads = max(1, min(settings.MAILER_SEND_THREADS, len(group)))
     stop = _Stop()
+    recorder = _Recorder()
     if threads == 1:
-        _send_slice(mailing, provider, group, limits, None, stop, result, done, attempts)
+
+        def emit(message: Message, attempt: SendAttempt | None) -> None:
+            recorder.add(message, attempt)
+            recorder.flush_if_due()
+
+        _send_slice(mailing, provider, group, limits, None, stop, result, emit)
+        recorder.flush()
         return
     prepared = attempts_prepare(messages=group, provider_id=provider.pk)
+    outcomes: queue.SimpleQueue[tuple[Message, SendAttempt | None]] = queue.SimpleQueue()
 
-    def run(part: list[Message]) -> tuple[ChunkResult, list[Message], list[SendAttempt]]:
+    def run(part: list[Message]) -> ChunkResult:
         part_result = ChunkResult()
-        part_done: list[Message] = []
-        part_attempts: list[SendAttempt] = []
-        _send_slice(mailing, provider, part, limits, prepared, stop, part_result, part_done, part_attempts)
-        return part_result, part_done, part_attempts
+        _send_slice(mailing, provider, part, limits, prepared, stop, part_result, lambda m, a: outcomes.put((m, a)))
+        return part_result
 
-    for part_result, part_done, part_attempts in _send_pool().map(run, [group[i::threads] for i in range(threads)]):
-        result.merge(part_result)
-        done.extend(part_done)
-        attempts.extend(part_attempts)
-    tried = {attempt.pk for attempt in attempts}
-    untried = [attempt.pk for attempt in prepared.values() if attempt.pk not in tried]
+    futures = [_send_pool().submit(run, group[i::threads]) for i in range(threads)]
+    while True:
+        finished = all(future.done() for future in futures)
+        try:
+            while True:
+                recorder.add(*outcomes.get(timeout=0.05))
+        except queue.Empty:
+            pass
+        recorder.flush_if_due()
+        if finished and outcomes.empty():
+            break
+    recorder.flush()
+    for future in futures:
+        result.merge(future.result())
+    untried = [attempt.pk for attempt in prepared.values() if attempt.pk not in recorder.recorded_attempts]
     if untried:
         SendAttempt.objects.filter(pk__in=untried).delete()
 
@@ -302,10 +377,10 @@ def _send_slice(
     prepared: dict[int, SendAttempt] | None,
     stop: _Stop,
     result: ChunkResult,
-    done: list[Message],
-    attempts: list[SendAttempt],
+    emit: Callable[[Message, SendAttempt | None], None],
 ) -> None:
-    """Send messages one after the other over one connection."""
+    """Send messages one after the other over one connection; each outcome goes to `emit` as it is known."""
+    done = _Released(emit)
     backend = provider_connection(provider)
     with backend:
         for index, message in enumerate(group):
@@ -330,7 +405,7 @@ def _send_slice(
             except (TemplateRenderFailed, TemplateSyntaxInvalid) as exc:
                 message.status = Message.Status.FAILED
                 message.last_error = exc.message
-                done.append(message)
+                emit(message, None)
                 result.failed += 1
                 continue
             message.provider = provider
@@ -340,13 +415,12 @@ def _send_slice(
             else:
                 attempt = prepared[message.pk]
                 attempt.started_at = timezone.now()
-            attempts.append(attempt)
             try:
                 backend.send_messages([email])
             except Exception as exc:  # noqa: BLE001 - every failure is classified and recorded, none escapes
                 error = send_error_classify(exc)
                 _failed(message, attempt, error.retryable, error.reason, result)
-                done.append(message)
+                emit(message, attempt)
                 _circuit_record(provider, ok=not error.retryable)
                 if error.retryable:
                     stop.set(error.reason)
@@ -358,7 +432,7 @@ def _send_slice(
             message.sent_at = timezone.now()
             message.last_error = ""
             attempt_finish(attempt, outcome=SendAttempt.Outcome.SENT, esp_message_id=message.esp_message_id)
-            done.append(message)
+            emit(message, attempt)
             result.sent += 1
             _circuit_record(provider, ok=True)
 
@@ -389,6 +463,21 @@ def _failed(message: Message, attempt: SendAttempt, retryable: bool, reason: str
         message.status = Message.Status.FAILED
         attempt_finish(attempt, outcome=SendAttempt.Outcome.FAILED, error=reason)
         result.failed += 1
+
+
+def messages_release_untried(*, message_ids: list[int]) -> int:
+    """Claimed rows with no attempt yet go back to the queue; rows with one stay until their lease expires."""
+    tried = SendAttempt.objects.filter(message_id__in=message_ids, finished_at=None).values("message_id")
+    return (
+        Message.objects.filter(pk__in=message_ids, status=Message.Status.SENDING)
+        .exclude(pk__in=tried)
+        .update(
+            status=Message.Status.QUEUED,
+            lease_expires_at=None,
+            next_attempt_at=timezone.now() + timedelta(seconds=15),
+            last_error="not tried: the sending task stopped on an error",
+        )
+    )
 
 
 def messages_reclaim_expired() -> int:

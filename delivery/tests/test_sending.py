@@ -1,5 +1,6 @@
 """Sending through anymail's real SendGrid, Postmark and SES backends into the ESP sandbox."""
 
+from collections import Counter
 from datetime import timedelta
 
 import pytest
@@ -208,3 +209,36 @@ def test_a_template_variable_missing_for_one_recipient_fails_that_message_only(s
     assert lacking.status == Message.Status.FAILED
     assert "coupon" in lacking.last_error and lacking.last_error.startswith("Template")
     assert [m.to[0] for m in sandbox.messages] == [ok.to_email]
+
+
+def test_a_chunk_interrupted_midway_has_recorded_what_it_sent_and_frees_what_it_never_tried(
+    sandbox, settings, monkeypatch
+):
+    settings.MAILER_SEND_THREADS = 1
+    mailing = _mailing(Provider.Kind.POSTMARK)
+    MessageFactory.create_batch(30, mailing=mailing)
+    from delivery.services import composing, sending
+
+    calls = []
+
+    def build_then_die(mailing, message):
+        calls.append(message.pk)
+        if len(calls) == 25:
+            raise SystemExit("worker stopped")  # as a killed or shut-down worker would, mid-chunk
+        return composing.message_build(mailing, message)
+
+    monkeypatch.setattr(sending, "message_build", build_then_die)
+
+    with pytest.raises(SystemExit):
+        mailing_send_chunk(mailing_id=mailing.pk)
+
+    statuses = dict(
+        (status, count) for status, count in Counter(Message.objects.values_list("status", flat=True)).items()
+    )
+    # Sent ones are written in small batches as they go: at most the last few are still unrecorded.
+    assert statuses.get(Message.Status.SENT, 0) >= 20
+    assert statuses.get(Message.Status.SENDING, 0) <= 4
+    # The never-tried rest is back in the queue at once, without an attempt spent.
+    queued = Message.objects.filter(status=Message.Status.QUEUED)
+    assert queued.count() == 30 - 24 and set(queued.values_list("attempts", flat=True)) == {0}
+    assert len(sandbox.messages) == 24
