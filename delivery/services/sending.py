@@ -258,14 +258,15 @@ def _send_pool() -> ThreadPoolExecutor:
 
 
 class _Recorder:
-    """Writes outcomes as they come, in small batches, from the thread that owns the database connection.
+    """Writes outcomes as soon as they are known, from the thread that owns the database connection: whatever
+    the sending threads finished since the last write goes in one statement, so the batches grow with the load.
 
-    A worker killed mid-chunk then leaves unrecorded only what it sent in the last fraction of a second (sent
-    again once its lease expires), not the whole chunk.
+    A worker killed mid-chunk then leaves unrecorded only the sends answered in the last few milliseconds (sent
+    again once their lease expires), close to the calls that were in flight, not the whole chunk.
     """
 
-    EVERY = 10
-    SECONDS = 0.2
+    EVERY = 1
+    SECONDS = 0.0
 
     def __init__(self) -> None:
         self.messages: list[Message] = []
