@@ -21,6 +21,10 @@ class Config:
     max_messages: int = 200_000
     fail_rate: float = 0.0
     fail_status: int = 503
+    # A share of calls that stall for timeout_seconds before being answered (and accepted), so the client's
+    # read timeout fires on a message the ESP has in fact taken: the ambiguous case a sender must live with.
+    timeout_rate: float = 0.0
+    timeout_seconds: float = 30.0
 
 
 CONFIG_OPTIONS = {f for f in Config.__dataclass_fields__}
@@ -39,12 +43,12 @@ def validate_option(name: str, value: Any) -> Any:
             return (user, password)
         user, password = value
         return (str(user), str(password))
-    if name in ("open_rate", "click_rate", "fail_rate"):
+    if name in ("open_rate", "click_rate", "fail_rate", "timeout_rate"):
         rate = float(value)
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"{name} must be between 0 and 1")
         return rate
-    if name in ("latency_ms", "webhook_delay_ms"):
+    if name in ("latency_ms", "webhook_delay_ms", "timeout_seconds"):
         if float(value) < 0:
             raise ValueError(f"{name} must not be negative")
         return float(value)

@@ -200,7 +200,8 @@ class SandboxServer:
 
         fail_next=[{"esp": "sendgrid"|"postmark"|"amazon_ses"|"*", "status": 429, "times": 1}] and
         timeout_next=[{"esp": ..., "seconds": 5, "times": 1}] replace the pending lists; fail_rate with
-        fail_status inject random failures.
+        fail_status inject random failures, and timeout_rate random stalls of timeout_seconds (drawn
+        independently: a stalled call may also fail).
         """
         unknown = set(options) - CONFIG_OPTIONS - FAULT_OPTIONS
         if unknown:
@@ -264,6 +265,11 @@ class SandboxServer:
         hang = self._take_fault(self._timeout_next, esp)
         if hang is not None:
             self._stopping.wait(hang["seconds"])
+        if cfg.timeout_rate:
+            with self._lock:
+                stalled = self._rng.random() < cfg.timeout_rate
+            if stalled:
+                self._stopping.wait(cfg.timeout_seconds)
         auth_error = api.check_auth(headers)  # each ESP's own refusal for a missing credential
         if auth_error is not None:
             return auth_error

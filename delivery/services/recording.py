@@ -9,56 +9,72 @@ from django.utils import timezone
 
 from delivery.models import Message, SendAttempt
 
-_RECORD_COLUMNS = ("id", "status", "provider_id", "esp_message_id", "attempts", "last_error", "next_attempt_at",
-                   "sent_at")  # fmt: skip
 # PostgreSQL needs the VALUES columns typed where a whole column may be NULL; SQLite takes them as they come.
 _PG_CASTS = {"id": "bigint", "provider_id": "bigint", "attempts": "integer", "next_attempt_at": "timestamptz",
-             "sent_at": "timestamptz"}  # fmt: skip
+             "sent_at": "timestamptz", "started_at": "timestamptz", "finished_at": "timestamptz"}  # fmt: skip
+_MESSAGE_COLUMNS = ("id", "status", "provider_id", "esp_message_id", "attempts", "last_error", "next_attempt_at",
+                    "sent_at")  # fmt: skip
+_ATTEMPT_COLUMNS = ("id", "started_at", "finished_at", "outcome", "error", "esp_message_id")
 
 
-def messages_record(messages: list[Message], attempts: list[SendAttempt] | None = None) -> None:
-    """Write outcomes back in one statement, only over rows this worker still holds (`sending`).
+def _values_update(
+    cursor: Any,
+    table: str,
+    columns: tuple[str, ...],
+    rows: list[list[Any]],
+    *,
+    extra_set: str = "",
+    where: str = "",
+    extra_params: list[Any] | None = None,
+) -> None:
+    """One UPDATE ... FROM (VALUES ...) for many rows, matched on the first column (the id). `extra_set` and
+    `where` are SQL of ours; their values come in `extra_params`.
 
-    One UPDATE ... FROM (VALUES ...) for the whole chunk: Django's bulk_update builds a CASE per field and
-    row, which cost more than the ESP calls themselves.
+    Django's bulk_update builds a CASE per field and row, whose Python cost exceeded the ESP calls themselves.
     """
-    if not messages:
-        return
-    ops = connection.ops
     is_pg = connection.vendor == "postgresql"
-    rows: list[str] = []
-    params: list[Any] = []
-    for message in messages:
-        rows.append("(" + ", ".join(["%s"] * len(_RECORD_COLUMNS)) + ")")
-        params += [
-            message.pk,
-            message.status,
-            message.provider_id,
-            message.esp_message_id,
-            message.attempts,
-            message.last_error,
-            ops.adapt_datetimefield_value(message.next_attempt_at),
-            ops.adapt_datetimefield_value(message.sent_at),
-        ]
-    table = ops.quote_name(Message._meta.db_table)
+    quoted = connection.ops.quote_name(table)
 
     def col(name: str) -> str:
         return f"v.{name}::{_PG_CASTS[name]}" if is_pg and name in _PG_CASTS else f"v.{name}"
 
-    assignments = ", ".join(f"{name} = {col(name)}" for name in _RECORD_COLUMNS[1:])
+    placeholders = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    assignments = ", ".join(f"{name} = {col(name)}" for name in columns[1:])
     # Names are ours, values are parameters.
     sql = (
-        f"WITH v ({', '.join(_RECORD_COLUMNS)}) AS (VALUES {', '.join(rows)}) "  # noqa: S608
-        f"UPDATE {table} SET {assignments}, lease_expires_at = NULL, updated_at = %s "
-        f"FROM v WHERE {table}.id = {col('id')} AND {table}.status = %s"
+        f"WITH v ({', '.join(columns)}) AS (VALUES {', '.join([placeholders] * len(rows))}) "  # noqa: S608
+        f"UPDATE {quoted} SET {assignments}{extra_set} FROM v WHERE {quoted}.id = {col('id')}{where}"
     )
-    params += [ops.adapt_datetimefield_value(timezone.now()), Message.Status.SENDING]
+    cursor.execute(sql, [value for row in rows for value in row] + (extra_params or []))
+
+
+def messages_record(messages: list[Message], attempts: list[SendAttempt] | None = None) -> None:
+    """Write outcomes back, only over rows this worker still holds (`sending`), and their attempts: two
+    statements in one transaction."""
+    if not messages:
+        return
+    adapt = connection.ops.adapt_datetimefield_value
+    message_rows = [
+        [m.pk, m.status, m.provider_id, m.esp_message_id, m.attempts, m.last_error, adapt(m.next_attempt_at),
+         adapt(m.sent_at)]
+        for m in messages
+    ]  # fmt: skip
+    attempt_rows = [
+        [a.pk, adapt(a.started_at), adapt(a.finished_at), a.outcome, a.error, a.esp_message_id] for a in attempts or []
+    ]
+    messages_table = connection.ops.quote_name(Message._meta.db_table)
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        if attempts:
-            SendAttempt.objects.bulk_update(
-                attempts, ["started_at", "finished_at", "outcome", "error", "esp_message_id"]
-            )
+        _values_update(
+            cursor,
+            Message._meta.db_table,
+            _MESSAGE_COLUMNS,
+            message_rows,
+            extra_set=", lease_expires_at = NULL, updated_at = %s",
+            where=f" AND {messages_table}.status = %s",
+            extra_params=[adapt(timezone.now()), Message.Status.SENDING],
+        )
+        if attempt_rows:
+            _values_update(cursor, SendAttempt._meta.db_table, _ATTEMPT_COLUMNS, attempt_rows)
 
 
 def attempt_start(*, message: Message, provider_id: int) -> SendAttempt:

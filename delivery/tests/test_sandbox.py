@@ -481,6 +481,22 @@ def test_injected_hang_trips_the_client_timeout(sandbox: SandboxServer) -> None:
     wait_until(lambda: len(sandbox.messages) == 1)
 
 
+def test_random_stalls_trip_the_client_timeout_and_are_still_accepted(sandbox: SandboxServer) -> None:
+    assert (sandbox.config["timeout_rate"], sandbox.config["timeout_seconds"]) == (0.0, 30.0)
+    sandbox.configure(timeout_rate=1.0, timeout_seconds=1)
+
+    with pytest.raises(AnymailRequestsAPIError) as raised:
+        message(["reader@example.com"], connection=connection(sandbox, "sendgrid", timeout=0.2)).send()
+
+    assert isinstance(raised.value, requests.exceptions.Timeout)
+    wait_until(lambda: len(sandbox.messages) == 1)
+    sandbox.configure(timeout_rate=0.0)
+    message(["second@example.com"], connection=connection(sandbox, "sendgrid", timeout=0.2)).send()
+    assert [m.to for m in sandbox.messages] == [["reader@example.com"], ["second@example.com"]]
+    with pytest.raises(ValueError, match="timeout_rate must be between 0 and 1"):
+        sandbox.configure(timeout_rate=1.5)
+
+
 def test_postmark_batch_over_500_is_refused_whole(sandbox: SandboxServer) -> None:
     to = [f"r{i}@example.com" for i in range(501)]
     msg = message(to, merge_metadata={addr: {"mailer_msg": addr} for addr in to})
