@@ -1,39 +1,27 @@
 """The subscribers admin: subscribers, lists, subscriptions and CSV imports here; the hygiene report, privacy
 actions and segments in their own modules."""
 
-from collections.abc import Iterator
 from pathlib import Path
 
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import Count, Q
-from django.http import FileResponse, Http404, StreamingHttpResponse
+from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
-from django.utils import timezone
 from django.utils.html import format_html
-from django.utils.http import content_disposition_header
 
 from core.addresses import email_clean
 from core.exceptions import ApplicationError
 from delivery.selectors import suppression_is_erased
 from subscribers.admin import segments  # noqa: F401 - registers SegmentAdmin
+from subscribers.admin.downloads import csv_download
 from subscribers.admin.hygiene import MailingListHygieneAdmin
 from subscribers.admin.privacy import SubscriberPrivacyAdmin
 from subscribers.models import MailingList, Subscriber, SubscriberImport, Subscription
 from subscribers.services import subscribers_export_csv, subscription_create
 from subscribers.services.import_jobs import subscriber_import_progress, subscriber_import_start
 from subscribers.services.importing import ImportOptions
-
-
-def _csv_download(blocks: Iterator[str], name: str) -> StreamingHttpResponse:
-    """Streamed as the export produces it: memory stays flat whatever the number of rows."""
-    filename = f"subscribers-{name}-{timezone.now():%Y%m%d}.csv"
-    return StreamingHttpResponse(
-        blocks,
-        content_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": content_disposition_header(as_attachment=True, filename=filename)},
-    )
 
 
 class SubscriptionInline(admin.TabularInline):
@@ -55,7 +43,7 @@ class SubscriberAdmin(SubscriberPrivacyAdmin):  # the personal data export and e
 
     @admin.action(description="Export selected as CSV")
     def export_selected_csv(self, request, queryset):
-        return _csv_download(subscribers_export_csv(subscribers=queryset), "selected")
+        return csv_download(subscribers_export_csv(subscribers=queryset), "subscribers-selected")
 
 
 @admin.register(MailingList)
@@ -83,7 +71,7 @@ class MailingListAdmin(MailingListHygieneAdmin):  # the hygiene report's action 
         if len(lists) != 1:
             self.message_user(request, "Choose exactly one list to export.", messages.ERROR)
             return None
-        return _csv_download(subscribers_export_csv(mailing_list=lists[0]), lists[0].slug)
+        return csv_download(subscribers_export_csv(mailing_list=lists[0]), f"subscribers-{lists[0].slug}")
 
 
 class SubscriptionAddForm(forms.ModelForm):

@@ -14,13 +14,12 @@ from urllib.parse import urlencode
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseRedirect, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseRedirect
 from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, render
 from django.urls import path, reverse
-from django.utils import timezone
-from django.utils.http import content_disposition_header
 
+from subscribers.admin.downloads import csv_download
 from subscribers.models import MailingList
 from subscribers.services.hygiene import (
     DEFAULT_CHECKS,
@@ -139,9 +138,4 @@ class MailingListHygieneAdmin(admin.ModelAdmin):
         mailing_list, form, report = self._report(request, pk, request.GET)
         if report is None:
             return HttpResponseBadRequest(form.errors.as_text(), content_type="text/plain; charset=utf-8")
-        filename = f"hygiene-{mailing_list.slug}-{timezone.now():%Y%m%d}.csv"
-        return StreamingHttpResponse(
-            list_hygiene_csv(report=report),
-            content_type="text/csv; charset=utf-8",
-            headers={"Content-Disposition": content_disposition_header(as_attachment=True, filename=filename)},
-        )
+        return csv_download(list_hygiene_csv(report=report), f"hygiene-{mailing_list.slug}")

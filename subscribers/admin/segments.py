@@ -8,11 +8,10 @@ import json
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest, StreamingHttpResponse
-from django.utils import timezone
+from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
-from django.utils.http import content_disposition_header
 
+from subscribers.admin.downloads import csv_download
 from subscribers.models import Segment
 from subscribers.segments import SegmentRuleInvalid, segment_subscribers
 from subscribers.selectors import segment_count
@@ -119,9 +118,4 @@ class SegmentAdmin(admin.ModelAdmin):
         except SegmentRuleInvalid as exc:
             self.message_user(request, f"{segment.name}: {exc.message}", messages.ERROR)
             return None
-        filename = f"segment-{segment.pk}-{timezone.now():%Y%m%d}.csv"
-        return StreamingHttpResponse(
-            subscribers_export_csv(subscribers=matching),
-            content_type="text/csv; charset=utf-8",
-            headers={"Content-Disposition": content_disposition_header(as_attachment=True, filename=filename)},
-        )
+        return csv_download(subscribers_export_csv(subscribers=matching), f"segment-{segment.pk}")
