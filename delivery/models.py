@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 
@@ -63,7 +64,12 @@ class Provider(TimeStampedModel):
         help_text="Name of the environment variable holding this provider's secret (API key, server token, "
         "'ACCESS_KEY_ID:SECRET' for SES, an smtp:// URL for SMTP). Empty: the settings' default for its kind.",
     )
-    max_rate = models.FloatField(null=True, blank=True, help_text="Messages per second at most; empty: no limit.")
+    max_rate = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.01)],
+        help_text="Messages per second at most; empty: no limit.",
+    )
     daily_cap = models.PositiveIntegerField(null=True, blank=True, help_text="Messages per day at most.")
     routing_domains = models.JSONField(
         default=list,

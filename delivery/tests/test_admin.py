@@ -43,3 +43,20 @@ def test_an_erased_address_shows_without_its_address(admin_client):
     page = admin_client.get("/admin/delivery/suppression/").content.decode()
 
     assert "erased abababababab (erased)" in page
+
+
+def test_a_provider_rate_of_zero_is_refused_on_the_form_and_nothing_changes(admin_client):
+    from delivery.models import Provider
+
+    provider = Provider.objects.create(name="pm", kind=Provider.Kind.POSTMARK, max_rate=10)
+
+    response = admin_client.post(
+        f"/admin/delivery/provider/{provider.pk}/change/",
+        {"name": "pm", "kind": "postmark", "is_enabled": "on", "priority": 1, "weight": 1, "max_rate": 0,
+         "routing_domains": "[]", "warming_day": 0},
+    )  # fmt: skip
+
+    assert response.status_code == 200
+    assert "Ensure this value is greater than or equal to 0.01." in response.content.decode()
+    provider.refresh_from_db()
+    assert provider.max_rate == 10
