@@ -5,8 +5,8 @@ django-post-office sends the same number of messages through the same anymail ba
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/mailer_bench_dispatch REDIS_URL=redis://127.0.0.1:6379/5 \\
     CELERY_BROKER_URL=redis://127.0.0.1:6379/5 .venv/bin/python bench/dispatch.py \\
         [--messages 100000] [--provider postmark|sendgrid|amazon_ses] [--workers 2] [--pool threads|prefork]
-        [--concurrency 16] [--send-threads N] [--parallelism N] [--latency-ms 50] [--po-processes 2] [--po-threads 16]
-        [--skip-mailer] [--skip-post-office] [--py-spy SECONDS]
+        [--concurrency 16] [--send-threads N] [--chunk-size N] [--parallelism N] [--latency-ms 50]
+        [--po-processes 2] [--po-threads 16] [--skip-mailer] [--skip-post-office] [--py-spy SECONDS]
 
 Needs PostgreSQL and Redis (the workers share the database, the broker and the limits store) and
 bench/requirements-bench.txt installed. The script migrates the database, empties its message tables and
@@ -392,8 +392,8 @@ PROFILE_PARTS = [
     ("suppression, routing, health", ("route_messages", "_Health", "mailing_candidates", "Suppression")),
     ("render + headers (message_build)", ("message_build",)),
     ("rate limits / circuit (Redis)", ("rate_wait_all", "circuit_record", "provider_rate_limits")),
-    ("attempt rows", ("attempt_start", "attempt_finish")),
-    ("ESP call: anymail payload + requests + HTTP", ("send_messages",)),
+    ("attempt rows", ("attempts_prepare", "attempt_finish")),
+    ("ESP call: anymail payload + requests + HTTP", ("send_messages", "send_batch")),
     ("backend open/close", ("provider_connection", "__enter__", "__exit__")),
 ]
 
@@ -466,6 +466,7 @@ def _report(args: argparse.Namespace, mailer: dict[str, Any] | None, office: dic
         exact = mailer["received"] == args.messages == mailer["distinct"]
         print(f"Mailer ({args.workers} workers, {args.pool} pool, concurrency {args.concurrency}, "
               f"MAILER_SEND_THREADS {args.send_threads or getattr(settings, 'MAILER_SEND_THREADS', '?')}, "
+              f"MAILER_CHUNK_SIZE {args.chunk_size or getattr(settings, 'MAILER_CHUNK_SIZE', '?')}, "
               f"{mailer['parallelism']} tasks): {mailer['elapsed']:.1f} s, {mailer['rate']:.0f} msg/s "
               f"(middle 80 %: {mailer['middle']:.0f} msg/s), statuses {mailer['statuses']}")  # fmt: skip
         print(f"  sandbox received {mailer['received']} ({mailer['distinct']} distinct recipients) "
@@ -508,6 +509,9 @@ def main() -> None:
     parser.add_argument(
         "--send-threads", type=int, default=0, help="MAILER_SEND_THREADS of each worker (default: settings)"
     )  # noqa: E501
+    parser.add_argument(
+        "--chunk-size", type=int, default=0, help="MAILER_CHUNK_SIZE of each worker (default: settings)"
+    )
     parser.add_argument("--latency-ms", type=float, default=50)
     parser.add_argument("--po-processes", type=int, default=2)
     parser.add_argument("--po-threads", type=int, default=16)
@@ -532,6 +536,8 @@ def main() -> None:
         env = {**os.environ, "DJANGO_SETTINGS_MODULE": "mailer_project.settings", "PYTHONPATH": str(ROOT)}
         if args.send_threads:
             env["MAILER_SEND_THREADS"] = str(args.send_threads)
+        if args.chunk_size:
+            env["MAILER_CHUNK_SIZE"] = str(args.chunk_size)
         import django
 
         django.setup()

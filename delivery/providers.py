@@ -17,11 +17,13 @@ from django.core.mail import get_connection
 from django.core.mail.backends.base import BaseEmailBackend
 
 from core.exceptions import ApplicationError
+from delivery.batching import POSTMARK_MAX_BATCH
 from delivery.models import Provider
 
 BACKENDS: dict[str, str] = {
     Provider.Kind.SENDGRID: "anymail.backends.sendgrid.EmailBackend",
-    Provider.Kind.POSTMARK: "anymail.backends.postmark.EmailBackend",
+    # anymail's Postmark backend, able to post many different messages in one /email/batch call as well
+    Provider.Kind.POSTMARK: "delivery.batching.PostmarkBatchBackend",
     Provider.Kind.AMAZON_SES: "anymail.backends.amazon_ses.EmailBackend",
     Provider.Kind.SMTP: "django.core.mail.backends.smtp.EmailBackend",
 }
@@ -94,6 +96,11 @@ def provider_connection(provider: Provider) -> BaseEmailBackend:
             "timeout": 30,
         }
     return get_connection(BACKENDS[provider.kind], **kwargs)
+
+
+def provider_batch_limit(provider: Provider) -> int:
+    """How many different messages one call to this provider can carry: 1 where there is no such API."""
+    return POSTMARK_MAX_BATCH if provider.kind == Provider.Kind.POSTMARK else 1
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import Any
 from .faults import fault_message
 from .http import Reply, json_reply
 from .messages import SandboxMessage, addr_specs, now
+from .outcomes import SES_SIMULATOR_DOMAIN
 from .vocabulary import (
     BOUNCED,
     CLICKED,
@@ -77,6 +78,15 @@ def _postmark_message(item: Any, *, template: bool, call_id: str) -> tuple[dict[
         return {"ErrorCode": 300, "Message": "Zero recipients specified"}, []
     if len(recipients) > POSTMARK_MAX_RECIPIENTS:
         return {"ErrorCode": 300, "Message": f"Too many recipients ({len(recipients)}); the limit is 50."}, []
+    inactive = [addr for addr in recipients if _is_inactive(addr)]
+    if inactive:
+        return {
+            "To": item.get("To") or "",
+            "ErrorCode": 406,
+            "Message": "You tried to send to recipient(s) that have been marked as inactive. Found inactive addresses: "
+            f"{', '.join(inactive)}. Inactive recipients are ones that have generated a hard bounce, a spam "
+            "complaint, or a manual suppression.",
+        }, []
     if template and not (item.get("TemplateId") or item.get("TemplateAlias")):
         return {"ErrorCode": 1101, "Message": "A TemplateId or TemplateAlias is required."}, []
     if not template and not (item.get("HtmlBody") or item.get("TextBody")):
@@ -109,6 +119,13 @@ def _postmark_message(item: Any, *, template: bool, call_id: str) -> tuple[dict[
         for addr in recipients
     ]
     return result, messages
+
+
+def _is_inactive(address: str) -> bool:
+    """Postmark refuses, at send time, recipients it has marked inactive (after a hard bounce or a complaint):
+    the sandbox plays that for inactive@ (or inactive+label@) the SES simulator domain."""
+    local, _, domain = address.lower().rpartition("@")
+    return domain == SES_SIMULATOR_DOMAIN and local.split("+", 1)[0] == "inactive"
 
 
 def _postmark_many(items: Any, *, template: bool) -> tuple[Reply, list[SandboxMessage]]:

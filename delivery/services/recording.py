@@ -77,12 +77,6 @@ def messages_record(messages: list[Message], attempts: list[SendAttempt] | None 
             _values_update(cursor, SendAttempt._meta.db_table, _ATTEMPT_COLUMNS, attempt_rows)
 
 
-def attempt_start(*, message: Message, provider_id: int) -> SendAttempt:
-    """Written (and committed) before the ESP call: should the worker die inside the call, the row without an
-    end says which provider may have the message."""
-    return SendAttempt.objects.create(message_id=message.pk, provider_id=provider_id, started_at=timezone.now())
-
-
 def attempt_finish(attempt: SendAttempt, *, outcome: str, error: str = "", esp_message_id: str = "") -> None:
     """In memory only: messages_record writes it with the chunk's outcomes, in the same transaction."""
     attempt.finished_at = timezone.now()

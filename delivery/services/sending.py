@@ -12,6 +12,7 @@ them back in the queue.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import random
 import threading
@@ -22,19 +23,35 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
 from django.conf import settings
+from django.core.mail import EmailMultiAlternatives
+from django.core.mail.backends.base import BaseEmailBackend
 from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from core.addresses import address_hash, email_domain
+from delivery.batching import ItemOutcome
 from delivery.circuit import circuit_allows, circuit_record
 from delivery.exceptions import LimiterUnavailable, TemplateRenderFailed, TemplateSyntaxInvalid
-from delivery.limits import daily_cap_return, daily_cap_take, daily_count, provider_rate_limits, rate_wait_all
+from delivery.limits import (
+    daily_cap_return,
+    daily_cap_take,
+    daily_count,
+    provider_rate_limits,
+    rate_wait_all,
+    rate_window,
+)
 from delivery.models import Mailing, Message, Provider, SendAttempt, Suppression
-from delivery.providers import ProviderMisconfigured, provider_connection, provider_secret, send_error_classify
+from delivery.providers import (
+    ProviderMisconfigured,
+    provider_batch_limit,
+    provider_connection,
+    provider_secret,
+    send_error_classify,
+)
 from delivery.routing import mailing_candidates, route_messages
 from delivery.services.composing import message_build
-from delivery.services.recording import attempt_finish, attempt_start, attempts_prepare, messages_record
+from delivery.services.recording import attempt_finish, attempts_prepare, messages_record
 from delivery.services.reputation import Reputation, provider_reputation_ok, providers_reputation_24h_cached
 from delivery.services.warming import local_today, provider_daily_cap_today
 
@@ -42,6 +59,8 @@ logger = logging.getLogger(__name__)
 
 # How long one send may wait for its rate-limit slot before the rest of the chunk is handed back.
 RATE_WAIT_SECONDS = 2.0
+# The least a thread gets of a batch-sending group: smaller calls would cost more than the parallelism gains.
+MIN_BATCH_PART = 50
 
 
 @dataclass
@@ -300,6 +319,25 @@ class _Released:
         self.emit(message, None)
 
 
+def _batch_size(provider: Provider, limits: list[tuple[str, float]]) -> int:
+    """Messages per ESP call: the provider's batch limit, and never more than its rate lets through at once."""
+    size = provider_batch_limit(provider)
+    for _key, rate in limits:
+        size = min(size, rate_window(rate)[0])
+    return max(size, 1)
+
+
+def _parts(group: list[Message], threads: int, batch: int) -> list[list[Message]]:
+    """The group split over the threads. One message per call: dealt out in turn. Batches: contiguous parts of
+    at least MIN_BATCH_PART messages (in the engagement order of the claim), so the calls stay large."""
+    if batch == 1:
+        count = max(1, min(threads, len(group)))
+        return [group[i::count] for i in range(count)]
+    count = max(1, min(threads, math.ceil(len(group) / MIN_BATCH_PART)))
+    size = math.ceil(len(group) / count)
+    return [group[i : i + size] for i in range(0, len(group), size)]
+
+
 def _send_group(
     mailing: Mailing,
     provider: Provider,
@@ -316,16 +354,17 @@ def _send_group(
     threads hand each outcome to this thread, which records them in small batches.
     """
     limits = provider_rate_limits(provider_id=provider.pk, max_rate=provider.max_rate)
-    threads = max(1, min(settings.MAILER_SEND_THREADS, len(group)))
+    batch = _batch_size(provider, limits)
+    parts = _parts(group, settings.MAILER_SEND_THREADS, batch)
     stop = _Stop()
     recorder = _Recorder()
-    if threads == 1:
+    if len(parts) == 1:
 
         def emit(message: Message, attempt: SendAttempt | None) -> None:
             recorder.add(message, attempt)
             recorder.flush_if_due()
 
-        _send_slice(mailing, provider, group, limits, None, stop, result, emit)
+        _send_slice(mailing, provider, group, limits, None, stop, result, emit, batch)
         recorder.flush()
         return
     prepared = attempts_prepare(messages=group, provider_id=provider.pk)
@@ -333,10 +372,11 @@ def _send_group(
 
     def run(part: list[Message]) -> ChunkResult:
         part_result = ChunkResult()
-        _send_slice(mailing, provider, part, limits, prepared, stop, part_result, lambda m, a: outcomes.put((m, a)))
+        emit = lambda m, a: outcomes.put((m, a))  # noqa: E731
+        _send_slice(mailing, provider, part, limits, prepared, stop, part_result, emit, batch)
         return part_result
 
-    futures = [_send_pool().submit(run, group[i::threads]) for i in range(threads)]
+    futures = [_send_pool().submit(run, part) for part in parts]
     while True:
         finished = all(future.done() for future in futures)
         try:
@@ -379,20 +419,27 @@ def _send_slice(
     stop: _Stop,
     result: ChunkResult,
     emit: Callable[[Message, SendAttempt | None], None],
+    batch: int = 1,
 ) -> None:
-    """Send messages one after the other over one connection; each outcome goes to `emit` as it is known."""
+    """Send messages over one connection, `batch` per ESP call; each outcome goes to `emit` as it is known.
+
+    Without `prepared` attempts (one thread, which owns the database), each call's attempt rows are written,
+    and committed, just before the call.
+    """
     done = _Released(emit)
     backend = provider_connection(provider)
     with backend:
-        for index, message in enumerate(group):
+        index = 0
+        while index < len(group):
             if stop.is_set():
                 # The provider is failing: put the rest back without spending an attempt on them; they go to
                 # another provider next time if there is one.
                 _release(group[index:], stop.reason, _retry_at(1), result, done)
                 return
+            part = group[index : index + batch]
             if limits:
                 try:
-                    granted = rate_wait_all(limits=limits, count=1, max_wait=RATE_WAIT_SECONDS)
+                    granted = rate_wait_all(limits=limits, count=len(part), max_wait=RATE_WAIT_SECONDS)
                 except LimiterUnavailable as exc:
                     _release(group[index:], str(exc), timezone.now() + timedelta(seconds=15), result, done)
                     return
@@ -401,45 +448,63 @@ def _send_slice(
                     reason = f"{provider.name}: at its rate limit"
                     _release(group[index:], reason, timezone.now() + timedelta(seconds=1), result, done)
                     return
-            try:
-                email = message_build(mailing, message)
-            except (TemplateRenderFailed, TemplateSyntaxInvalid) as exc:
-                message.status = Message.Status.FAILED
-                message.last_error = exc.message
-                emit(message, None)
-                result.failed += 1
+            index += len(part)
+            ready: list[tuple[Message, EmailMultiAlternatives]] = []
+            for message in part:
+                try:
+                    ready.append((message, message_build(mailing, message)))
+                except (TemplateRenderFailed, TemplateSyntaxInvalid) as exc:
+                    message.status = Message.Status.FAILED
+                    message.last_error = exc.message
+                    emit(message, None)
+                    result.failed += 1
+            if not ready:
                 continue
-            message.provider = provider
-            message.attempts += 1
-            if prepared is None:
-                attempt = attempt_start(message=message, provider_id=provider.pk)
-            else:
-                attempt = prepared[message.pk]
-                attempt.started_at = timezone.now()
-            try:
-                backend.send_messages([email])
-            except Exception as exc:  # noqa: BLE001 - every failure is classified and recorded, none escapes
-                error = send_error_classify(exc)
-                _failed(message, attempt, error.retryable, error.reason, result)
+            attempts = prepared or attempts_prepare(messages=[m for m, _ in ready], provider_id=provider.pk)
+            now = timezone.now()
+            for message, _ in ready:
+                message.provider = provider
+                message.attempts += 1
+                attempts[message.pk].started_at = now
+            answers = _call(backend, [email for _, email in ready])
+            failure = ""
+            for (message, _), answer in zip(ready, answers, strict=True):
+                attempt = attempts[message.pk]
+                if answer.accepted:
+                    message.esp_message_id = answer.esp_message_id[:255]
+                    message.status = Message.Status.SENT
+                    message.sent_at = timezone.now()
+                    message.last_error = ""
+                    attempt_finish(attempt, outcome=SendAttempt.Outcome.SENT, esp_message_id=message.esp_message_id)
+                    result.sent += 1
+                else:
+                    _failed(message, attempt, answer.retryable, answer.error, result)
+                    if answer.retryable:
+                        failure = answer.error
                 emit(message, attempt)
-                _circuit_record(provider, ok=not error.retryable)
-                if error.retryable:
-                    stop.set(error.reason)
-                continue
-            status = getattr(email, "anymail_status", None)
-            recipient = status.recipients.get(message.to_email) if status is not None else None
-            message.esp_message_id = str(recipient.message_id or "") if recipient else ""
-            message.status = Message.Status.SENT
-            message.sent_at = timezone.now()
-            message.last_error = ""
-            attempt_finish(attempt, outcome=SendAttempt.Outcome.SENT, esp_message_id=message.esp_message_id)
-            emit(message, attempt)
-            result.sent += 1
-            _circuit_record(provider, ok=True)
+            # A refused request is still an answer: only retryable failures (network, 5xx, 429) count against it.
+            _circuit_record(provider, ok=not failure)
+            if failure:
+                stop.set(failure)
+
+
+def _call(backend: BaseEmailBackend, emails: list[EmailMultiAlternatives]) -> list[ItemOutcome]:
+    """One ESP call: a batch where the backend takes one, else anymail's single send. One outcome per email."""
+    if len(emails) > 1:
+        return backend.send_batch(emails)  # type: ignore[attr-defined]
+    email = emails[0]
+    try:
+        backend.send_messages([email])
+    except Exception as exc:  # noqa: BLE001 - every failure is classified and recorded, none escapes
+        error = send_error_classify(exc)
+        return [ItemOutcome(error=error.reason, retryable=error.retryable)]
+    status = getattr(email, "anymail_status", None)
+    recipient = status.recipients.get(email.to[0]) if status is not None else None
+    return [ItemOutcome(esp_message_id=str(recipient.message_id or "") if recipient else "")]
 
 
 def _circuit_record(provider: Provider, *, ok: bool) -> None:
-    """A refused request is still an answer: only retryable failures (network, 5xx, 429) count against it."""
+    """Count a call's outcome in the provider's circuit breaker; a store outage only loses the count."""
     try:
         circuit_record(provider_id=provider.pk, ok=ok)
     except LimiterUnavailable:
