@@ -16,7 +16,6 @@ import math
 import queue
 import random
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -284,29 +283,21 @@ class _Recorder:
     again once their lease expires), close to the calls that were in flight, not the whole chunk.
     """
 
-    EVERY = 1
-    SECONDS = 0.0
-
     def __init__(self) -> None:
         self.messages: list[Message] = []
         self.attempts: list[SendAttempt] = []
         self.recorded_attempts: set[int] = set()
-        self.at = time.monotonic()
 
     def add(self, message: Message, attempt: SendAttempt | None) -> None:
         self.messages.append(message)
         if attempt is not None:
             self.attempts.append(attempt)
 
-    def flush_if_due(self) -> None:
-        if len(self.messages) >= self.EVERY or time.monotonic() - self.at >= self.SECONDS:
-            self.flush()
-
     def flush(self) -> None:
         if self.messages:
             messages_record(self.messages, self.attempts)
             self.recorded_attempts.update(attempt.pk for attempt in self.attempts)
-        self.messages, self.attempts, self.at = [], [], time.monotonic()
+        self.messages, self.attempts = [], []
 
 
 class _Released:
@@ -359,12 +350,8 @@ def _send_group(
     stop = _Stop()
     recorder = _Recorder()
     if len(parts) == 1:
-
-        def emit(message: Message, attempt: SendAttempt | None) -> None:
-            recorder.add(message, attempt)
-            recorder.flush_if_due()
-
-        _send_slice(mailing, provider, group, limits, None, stop, result, emit, batch)
+        # One thread: each call's outcomes are written as soon as the call is answered (`settle`).
+        _send_slice(mailing, provider, group, limits, None, stop, result, recorder.add, batch, settle=recorder.flush)
         recorder.flush()
         return
     prepared = attempts_prepare(messages=group, provider_id=provider.pk)
@@ -380,11 +367,13 @@ def _send_group(
     while True:
         finished = all(future.done() for future in futures)
         try:
+            # Wait for the next outcome, then take whatever else has arrived: written together, at once.
+            recorder.add(*outcomes.get(timeout=0.05))
             while True:
-                recorder.add(*outcomes.get(timeout=0.05))
+                recorder.add(*outcomes.get_nowait())
         except queue.Empty:
             pass
-        recorder.flush_if_due()
+        recorder.flush()
         if finished and outcomes.empty():
             break
     recorder.flush()
@@ -420,11 +409,12 @@ def _send_slice(
     result: ChunkResult,
     emit: Callable[[Message, SendAttempt | None], None],
     batch: int = 1,
+    settle: Callable[[], None] | None = None,
 ) -> None:
     """Send messages over one connection, `batch` per ESP call; each outcome goes to `emit` as it is known.
 
     Without `prepared` attempts (one thread, which owns the database), each call's attempt rows are written,
-    and committed, just before the call.
+    and committed, just before the call, and `settle` writes its outcomes right after it.
     """
     done = _Released(emit)
     backend = provider_connection(provider)
@@ -437,17 +427,6 @@ def _send_slice(
                 _release(group[index:], stop.reason, _retry_at(1), result, done)
                 return
             part = group[index : index + batch]
-            if limits:
-                try:
-                    granted = rate_wait_all(limits=limits, count=len(part), max_wait=RATE_WAIT_SECONDS)
-                except LimiterUnavailable as exc:
-                    _release(group[index:], str(exc), timezone.now() + timedelta(seconds=15), result, done)
-                    return
-                if not granted:
-                    # Busier than the rate allows: the rest waits for the next chunk rather than holding a worker.
-                    reason = f"{provider.name}: at its rate limit"
-                    _release(group[index:], reason, timezone.now() + timedelta(seconds=1), result, done)
-                    return
             index += len(part)
             ready: list[tuple[Message, EmailMultiAlternatives]] = []
             for message in part:
@@ -460,6 +439,19 @@ def _send_slice(
                     result.failed += 1
             if not ready:
                 continue
+            # The rate is taken right before the call, so that the time spent rendering does not count against it.
+            if limits:
+                untried = [message for message, _ in ready] + group[index:]
+                try:
+                    granted = rate_wait_all(limits=limits, count=len(ready), max_wait=RATE_WAIT_SECONDS)
+                except LimiterUnavailable as exc:
+                    _release(untried, str(exc), timezone.now() + timedelta(seconds=15), result, done)
+                    return
+                if not granted:
+                    # Busier than the rate allows: the rest waits for the next chunk rather than holding a worker.
+                    reason = f"{provider.name}: at its rate limit"
+                    _release(untried, reason, timezone.now() + timedelta(seconds=1), result, done)
+                    return
             attempts = prepared or attempts_prepare(messages=[m for m, _ in ready], provider_id=provider.pk)
             now = timezone.now()
             for message, _ in ready:
@@ -482,6 +474,8 @@ def _send_slice(
                     if answer.retryable:
                         failure = answer.error
                 emit(message, attempt)
+            if settle is not None:
+                settle()
             # A refused request is still an answer: only retryable failures (network, 5xx, 429) count against it.
             _circuit_record(provider, ok=not failure)
             if failure:

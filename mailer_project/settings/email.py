@@ -52,7 +52,8 @@ DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Mailer <mailer@examp
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
 
 # Sending.
-MAILER_CHUNK_SIZE = env.int("MAILER_CHUNK_SIZE", default=100)
+# Messages one sending task claims at a time: one Postmark batch call can carry 500 of them.
+MAILER_CHUNK_SIZE = env.int("MAILER_CHUNK_SIZE", default=500)
 MAILER_MAX_ATTEMPTS = env.int("MAILER_MAX_ATTEMPTS", default=5)
 MAILER_LEASE_SECONDS = env.int("MAILER_LEASE_SECONDS", default=300)
 MAILER_UNSUBSCRIBE_MAILTO = env.str("MAILER_UNSUBSCRIBE_MAILTO", default="")
