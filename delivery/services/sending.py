@@ -92,6 +92,8 @@ def messages_claim(*, mailing_id: int, limit: int) -> list[Message]:
     run one at a time, and the status filter on the UPDATE keeps a row from being claimed twice either way.
     """
     lease = timezone.now() + timedelta(seconds=settings.MAILER_LEASE_SECONDS)
+    if connection.vendor == "postgresql":
+        return _claim_postgresql(mailing_id, limit, lease)
     with transaction.atomic():
         query = _due_queued(mailing_id).order_by("pk")
         if connection.features.has_select_for_update_skip_locked:
@@ -103,6 +105,23 @@ def messages_claim(*, mailing_id: int, limit: int) -> list[Message]:
             status=Message.Status.SENDING, lease_expires_at=lease
         )
     return list(Message.objects.filter(pk__in=ids, status=Message.Status.SENDING).order_by("pk"))
+
+
+def _claim_postgresql(mailing_id: int, limit: int, lease: datetime) -> list[Message]:
+    """The claim in one statement: lock the first due rows no other worker holds, mark them, return them."""
+    table = connection.ops.quote_name(Message._meta.db_table)
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in Message._meta.concrete_fields)
+    sql = (
+        f"UPDATE {table} SET status = %s, lease_expires_at = %s WHERE id IN ("  # noqa: S608 - names are ours
+        f"SELECT id FROM {table} WHERE mailing_id = %s AND status = %s"
+        " AND (next_attempt_at IS NULL OR next_attempt_at <= %s)"
+        " ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED)"
+        f" RETURNING {columns}"
+    )
+    params = [Message.Status.SENDING, lease, mailing_id, Message.Status.QUEUED, timezone.now(), limit]
+    with transaction.atomic():
+        claimed = list(Message.objects.raw(sql, params))
+    return sorted(claimed, key=lambda message: message.pk)
 
 
 def _retry_at(attempts: int) -> datetime:
