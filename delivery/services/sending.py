@@ -110,7 +110,7 @@ def messages_claim(*, mailing_id: int, limit: int) -> list[Message]:
 def _claim_postgresql(mailing_id: int, limit: int, lease: datetime) -> list[Message]:
     """The claim in one statement: lock the first due rows no other worker holds, mark them, return them."""
     table = connection.ops.quote_name(Message._meta.db_table)
-    columns = ", ".join(connection.ops.quote_name(f.column) for f in Message._meta.concrete_fields)
+    columns = ", ".join(connection.ops.quote_name(str(f.column)) for f in Message._meta.concrete_fields)
     sql = (
         f"UPDATE {table} SET status = %s, lease_expires_at = %s WHERE id IN ("  # noqa: S608 - names are ours
         f"SELECT id FROM {table} WHERE mailing_id = %s AND status = %s"
