@@ -7,8 +7,9 @@
     python bench/faults.py all                                             # each of them, with its defaults
 
 Every run uses its own PostgreSQL database (mailer_bench_faults, created and migrated on first use, flushed
-at the start of each scenario; FAULTS_DATABASE_URL overrides it), Redis db 6 on 127.0.0.1:6379 as cache,
-limits store and Celery broker (flushed at the start), `celery -A mailer_project worker` processes (prefork),
+at the start of each scenario; FAULTS_DATABASE_URL overrides it), Redis db 6 on 127.0.0.1:6379
+(FAULTS_REDIS_URL overrides it) as cache, limits store and Celery broker (flushed at the start),
+`celery -A mailer_project worker` processes (prefork),
 and the ESP sandbox (`manage.py run_sandbox`) in a process of its own. The redis scenario starts a private
 `redis-server` on port 6390 (no persistence) and points everything at it, so that restarting it touches no
 one else's Redis. Worker and sandbox logs go to var/faults/.
@@ -49,7 +50,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 LOG_DIR = ROOT / "var" / "faults"
 DATABASE_URL = os.environ.get("FAULTS_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/mailer_bench_faults")
-SHARED_REDIS_URL = "redis://127.0.0.1:6379/6"
+SHARED_REDIS_URL = os.environ.get("FAULTS_REDIS_URL", "redis://127.0.0.1:6379/6")
 SCENARIOS = ("kill", "flaky", "failover", "redis")
 
 HTML = "<html><body><h1>Hello {{ name }}</h1><p>News from {{ attributes.city }}.</p>" + "<p>Body text.</p>" * 5

@@ -5,8 +5,9 @@ from core.views import health
 
 urlpatterns = [
     path("admin/", admin.site.urls),
-    # anymail's tracking views: /webhooks/sendgrid/tracking/, /webhooks/amazon_ses/tracking/, ...
-    path("webhooks/", include("anymail.urls")),
+    # The ESPs' tracking webhooks (anymail's views with Mailer's checks): /webhooks/sendgrid/tracking/,
+    # /webhooks/amazon_ses/tracking/, /webhooks/postmark/tracking/
+    path("webhooks/", include("webhooks.urls")),
     path("health/", health, name="health"),
     path("", include("subscribers.urls")),
 ]

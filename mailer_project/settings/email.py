@@ -1,10 +1,16 @@
-"""Email providers (anymail) and the ESP webhooks' shared secret.
+"""Email providers (anymail), the ESP webhooks' shared secret and their other security settings.
 
 With nothing set, every provider points at the ESP sandbox (`manage.py run_sandbox`), so no mail leaves the
 machine. Set ESP_SANDBOX_URL to an empty value to use the real ESP endpoints.
 """
 
 from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import sys
+from typing import NoReturn
 
 from .base import DEBUG
 from .environment import VAR_DIR, env, require
@@ -43,6 +49,54 @@ else:
         ANYMAIL["SENDGRID_API_URL"] = env.str("SENDGRID_API_URL")
     if env.str("POSTMARK_API_URL", default=""):
         ANYMAIL["POSTMARK_API_URL"] = env.str("POSTMARK_API_URL")
+
+
+# Webhook security beyond basic auth (docs/WEBHOOKS.md, "Security").
+def _config_error(message: str) -> NoReturn:
+    sys.stderr.write(f"Configuration error: {message}\n")
+    raise SystemExit(2)
+
+
+# SendGrid's signed event webhook: the public key SendGrid shows for it (base64 DER, ECDSA P-256). When set, every
+# SendGrid POST must carry a valid signature, and its signed timestamp must be at most MAX_AGE old (a replay window)
+# and at most MAX_FUTURE ahead (clock skew). Leave it unset while the sandbox posts SendGrid webhooks: it signs none.
+SENDGRID_WEBHOOK_VERIFICATION_KEY = env.str("SENDGRID_WEBHOOK_VERIFICATION_KEY", default="").strip()
+if SENDGRID_WEBHOOK_VERIFICATION_KEY:
+    try:
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+        _sendgrid_key: object = load_der_public_key(base64.b64decode(SENDGRID_WEBHOOK_VERIFICATION_KEY, validate=True))
+    except (binascii.Error, ValueError):
+        _sendgrid_key = None
+    if not isinstance(_sendgrid_key, ec.EllipticCurvePublicKey):
+        _config_error("SENDGRID_WEBHOOK_VERIFICATION_KEY is not a base64 ECDSA public key (as SendGrid shows it).")
+    ANYMAIL["SENDGRID_TRACKING_WEBHOOK_VERIFICATION_KEY"] = SENDGRID_WEBHOOK_VERIFICATION_KEY
+MAILER_SENDGRID_SIGNATURE_MAX_AGE_SECONDS = env.int("MAILER_SENDGRID_SIGNATURE_MAX_AGE_SECONDS", default=600)
+MAILER_SENDGRID_SIGNATURE_MAX_FUTURE_SECONDS = env.int("MAILER_SENDGRID_SIGNATURE_MAX_FUTURE_SECONDS", default=300)
+
+# Amazon SES through SNS: every message's SNS signature is verified, and only these topics (comma-separated ARNs)
+# are stored or have their subscription confirmed. Empty: every SES webhook is refused (403), unless the sandbox is
+# trusted. MAILER_SNS_TRUST_SANDBOX (on by default while ESP_SANDBOX_URL is set) also accepts the ESP sandbox's
+# topic and its signing certificate, a key pair published in the source: turn it off wherever real SES posts.
+MAILER_SES_TOPIC_ARNS = env.list("MAILER_SES_TOPIC_ARNS", default=[])
+MAILER_SNS_TRUST_SANDBOX = env.bool("MAILER_SNS_TRUST_SANDBOX", default=bool(ESP_SANDBOX_URL))
+# Where signing certificates come from (a dotted path to `fetch(url, *, timeout) -> bytes`); the default is an HTTPS
+# GET to the SNS host named by the (already checked) SigningCertURL. Each certificate is then cached under its URL.
+MAILER_SNS_CERT_FETCHER = env.str("MAILER_SNS_CERT_FETCHER", default="webhooks.sns.sns_certificate_download")
+MAILER_SNS_CERT_TIMEOUT_SECONDS = env.float("MAILER_SNS_CERT_TIMEOUT_SECONDS", default=5.0)
+MAILER_SNS_CERT_CACHE_SECONDS = env.int("MAILER_SNS_CERT_CACHE_SECONDS", default=24 * 3600)
+
+# Postmark signs nothing: optionally accept its webhooks only from these addresses (comma-separated IPs or CIDRs;
+# empty: from anywhere). The client address is REMOTE_ADDR, unless Mailer sits behind MAILER_TRUSTED_PROXY_COUNT
+# reverse proxies that each append to X-Forwarded-For: then it is the entry that many places from the right.
+MAILER_POSTMARK_ALLOWED_IPS = env.list("MAILER_POSTMARK_ALLOWED_IPS", default=[])
+for _entry in MAILER_POSTMARK_ALLOWED_IPS:
+    try:
+        ipaddress.ip_network(_entry, strict=False)
+    except ValueError:
+        _config_error(f"MAILER_POSTMARK_ALLOWED_IPS has {_entry!r}, which is not an IP address or CIDR network.")
+MAILER_TRUSTED_PROXY_COUNT = env.int("MAILER_TRUSTED_PROXY_COUNT", default=0)
 
 # Django's own mail (password resets, admin errors) goes through the default provider kind.
 DEFAULT_PROVIDER_KIND = env.str("DEFAULT_PROVIDER_KIND", default="postmark")

@@ -9,7 +9,7 @@ from subscribers.models import Subscriber, Subscription
 from tests.factories import MessageFactory, SubscriptionFactory
 from webhooks.models import EspEvent
 from webhooks.services import esp_events_apply
-from webhooks.tests import payloads
+from webhooks.tests import payloads, signed_payloads
 
 pytestmark = pytest.mark.django_db
 
@@ -28,6 +28,7 @@ def post_postmark(client, event, **auth):
 
 
 def post_ses(client, envelope, **auth):
+    envelope = signed_payloads.sns_signed(envelope)  # as SNS signs it, with this run's trusted test key
     return client.post(
         "/webhooks/amazon_ses/tracking/",
         json.dumps(envelope),
