@@ -22,8 +22,9 @@ What is counted: the sandbox keeps one record per recipient per accepted call, s
 got the campaign once; none: missing; more: duplicated. The allowance is what the issue tolerates:
 - kill: messages whose ESP call was in flight when its worker died. The engine writes a SendAttempt row
   before each call and its end with the chunk's outcomes, so attempts with no finished_at are exactly the
-  calls of the killed workers' unrecorded chunks. The report splits them, from the sandbox's receive times,
-  into calls answered after the kill (really in flight) and calls answered before it (done, not recorded).
+  calls of the killed workers' unrecorded chunks. The report splits them, from the times the sandbox wrote
+  its answers, into calls answered after the kill (really in flight) and calls answered before it (done, not
+  recorded).
 - flaky: calls that timed out (the sandbox takes the message after the client has given up).
 - failover, redis: nothing.
 The flaky run pulls retry times forward (the engine backs off 30 s, 60 s, 120 s ...; --compress-backoff caps
@@ -189,14 +190,15 @@ def sandbox_configure(url: str, **options: Any) -> None:
 
 
 def sandbox_received(url: str) -> dict[str, list[datetime]]:
-    """Recipient -> the times the sandbox accepted a message for them (one per accepted call)."""
+    """Recipient -> the times the sandbox answered an accepted call for them (when its answer was written back;
+    the time it stored the message when no answer went out)."""
     received: dict[str, list[datetime]] = defaultdict(list)
     offset = 0
     while True:
         page = _http_json(f"{url}/_sandbox/messages?limit=1000&offset={offset}")
         for item in page["results"]:
             for address in item["to"]:
-                received[address.lower()].append(datetime.fromisoformat(item["received_at"]))
+                received[address.lower()].append(datetime.fromisoformat(item.get("replied_at") or item["received_at"]))
         offset += len(page["results"])
         if not page["results"] or offset >= page["count"]:
             return received

@@ -69,6 +69,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         except Exception:
             logger.exception("ESP sandbox failed on %s %s", method, self.path)
             reply = json_reply(500, {"error": "sandbox internal error"})
+        self.server.sandbox.call_answered()
         self._reply(*reply)
 
     def _reply(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:

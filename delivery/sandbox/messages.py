@@ -28,6 +28,7 @@ class SandboxMessage:
     tags: list[str] = field(default_factory=list)
     destination: list[str] = field(default_factory=list)  # every recipient of the ESP-level message
     call_id: str = ""  # the API call this came from: batch members share it
+    replied_at: datetime | None = None  # when the answer to that call started back to the client
 
     def as_dict(self, *, include_raw: bool = False) -> dict[str, Any]:
         data = {
@@ -45,6 +46,7 @@ class SandboxMessage:
             "destination": list(self.destination),
             "call_id": self.call_id,
             "received_at": self.received_at.isoformat(),
+            "replied_at": self.replied_at.isoformat() if self.replied_at else None,
             "events": list(self.events),
         }
         if include_raw:

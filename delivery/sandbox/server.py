@@ -58,6 +58,7 @@ class SandboxServer:
         self.host = host
         self.port = port
         self._lock = threading.Lock()
+        self._answering = threading.local()  # per connection thread: the messages of the call being answered
         self._config = Config()
         self._rng = random.Random(seed)
         self._messages: deque[SandboxMessage] = deque(maxlen=max_messages)
@@ -288,7 +289,19 @@ class SandboxServer:
         reply, messages = handler(data)
         if messages:
             self._store(messages)  # before replying, so a client that got its answer can wait for the webhooks
+            self._answering.messages = messages
         return reply
+
+    def call_answered(self) -> None:
+        """Stamp the messages of the call this thread is about to answer with the time the answer is written: a
+        client killed before that moment cannot have known the call succeeded (one killed just after may not
+        have either: a crash test reading it errs against the client)."""
+        messages = getattr(self._answering, "messages", None)
+        if messages:
+            stamp = now()
+            for msg in messages:
+                msg.replied_at = stamp
+        self._answering.messages = None
 
     def _take_fault(self, faults: list[dict[str, Any]], esp: str) -> dict[str, Any] | None:
         with self._lock:

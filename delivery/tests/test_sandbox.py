@@ -243,6 +243,20 @@ def test_postmark_batch_endpoint_answers_in_request_order(sandbox: SandboxServer
     assert {s.status for s in msg.anymail_status.recipients.values()} == {"sent"}
 
 
+def test_each_stored_message_says_when_the_answer_to_its_call_went_out(sandbox: SandboxServer) -> None:
+    """What a crash test needs: a client killed before this moment could not have known the call succeeded."""
+    msg = message(["a@example.com", "b@example.com"], merge_metadata={"a@example.com": {}, "b@example.com": {}})
+    msg.connection = connection(sandbox, "postmark")
+    before = datetime.now(UTC)
+
+    msg.send()
+
+    stored = sandbox.messages
+    assert len(stored) == 2 and len({m.replied_at for m in stored}) == 1  # one call, one answer
+    assert all(before <= m.received_at <= m.replied_at <= datetime.now(UTC) for m in stored)
+    assert stored[0].as_dict()["replied_at"] == stored[0].replied_at.isoformat()
+
+
 def test_ses_bulk_send_renders_the_stored_template_per_entry(sandbox: SandboxServer) -> None:
     ses = boto3.session.Session().client(
         "sesv2",
