@@ -120,6 +120,11 @@ class Processes:
         self.sandbox_url = f"http://127.0.0.1:{port}"
         _poll(lambda: _http_ok(f"{self.sandbox_url}/_sandbox/health"), 30, "the sandbox to answer")
         self.worker_env["ESP_SANDBOX_URL"] = self.sandbox_url
+        # This process plays beat: its reclaim asks Postmark (the sandbox) what it accepted.
+        from django.conf import settings
+
+        settings.ANYMAIL = {**settings.ANYMAIL, "POSTMARK_API_URL": f"{self.sandbox_url}/postmark/",
+                            "SENDGRID_API_URL": f"{self.sandbox_url}/sendgrid/v3/"}  # fmt: skip
         return self.sandbox_url
 
     def worker_start(self, index: int, *, concurrency: int) -> subprocess.Popen:
@@ -353,6 +358,7 @@ def scenario_kill(args: argparse.Namespace, env: dict[str, str]) -> bool:
     from django.utils import timezone
 
     from delivery.models import Provider, SendAttempt
+    from delivery.services.reclaim import CONFIRMED_NOTE
     from delivery.tasks import mailing_send_start
 
     env["MAILER_LEASE_SECONDS"] = str(args.lease)
@@ -414,6 +420,8 @@ def scenario_kill(args: argparse.Namespace, env: dict[str, str]) -> bool:
           f"it but not recorded, {never_arrived} never reached the sandbox")  # fmt: skip
     print(f"  calls in flight at the kills, as the issue counts them: {in_flight}; duplicates beyond them: "
           f"{max(tally['extra_copies'] - in_flight, 0)}")  # fmt: skip
+    confirmed = SendAttempt.objects.filter(message__mailing=mailing, error=CONFIRMED_NOTE).count()
+    print(f"  settled by asking the provider after the kills (recorded sent, not sent again): {confirmed}")
     return _verdict(
         "kill",
         [

@@ -68,6 +68,24 @@ class PostmarkBatchBackend(AnymailPostmarkBackend):
             outcomes += self._post(bodies[start:stop], headers)
         return outcomes
 
+    def message_find(self, *, recipient: str, mailer_msg: str) -> str | None:
+        """Postmark's id of the message it accepted for `recipient` carrying our id `mailer_msg` in its metadata,
+        or None when it has none (its outbound message search, newest first). Raises requests.RequestException
+        or ValueError when Postmark cannot tell."""
+        if self.session is None:
+            raise RuntimeError("open the backend (`with backend:`) before message_find")
+        response = self.session.get(
+            urljoin(self.api_url, "messages/outbound"),
+            params={"recipient": recipient, "count": 100, "offset": 0},
+            headers={"Accept": "application/json", "X-Postmark-Server-Token": self.server_token},
+            timeout=self.timeout,
+        )
+        response.raise_for_status()
+        for item in response.json().get("Messages") or []:
+            if str((item.get("Metadata") or {}).get("mailer_msg")) == mailer_msg:
+                return str(item.get("MessageID") or "")
+        return None
+
     def _post(self, bodies: list[str], headers: dict[str, str]) -> list[ItemOutcome]:
         url = urljoin(self.api_url, "email/batch")
         try:

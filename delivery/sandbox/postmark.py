@@ -162,6 +162,45 @@ def send_batch_with_templates(data: Any) -> tuple[Reply, list[SandboxMessage]]:
     return _postmark_many(items, template=True)
 
 
+def outbound_search(query: Mapping[str, list[str]], stored: list[SandboxMessage]) -> Reply:
+    """GET /messages/outbound: Postmark's search of sent messages, newest first, filtered by recipient, with
+    each message's Metadata (what a sender asks to learn whether a message it lost track of went out)."""
+    try:
+        count, offset = int(query["count"][0]), int(query["offset"][0])
+    except (KeyError, ValueError):
+        return _postmark_error(422, 1, "The 'count' and 'offset' query parameters are required integers.")
+    if not 0 < count <= 500 or offset < 0 or count + offset > 10_000:
+        return _postmark_error(422, 1, "count must be 1-500, and count + offset at most 10,000.")
+    recipient = (query.get("recipient") or [""])[0].lower()
+    found = [
+        msg
+        for msg in reversed(stored)
+        if msg.esp == POSTMARK and (not recipient or recipient in (a.lower() for a in msg.destination or msg.to))
+    ]
+    page = [
+        {
+            "Tag": msg.tags[0] if msg.tags else "",
+            "MessageID": msg.esp_message_id,
+            "MessageStream": (msg.raw or {}).get("MessageStream") or "outbound",
+            "To": [{"Email": addr, "Name": None} for addr in msg.to],
+            "Cc": [],
+            "Bcc": [],
+            "Recipients": list(msg.destination or msg.to),
+            "ReceivedAt": msg.received_at.isoformat(),
+            "From": msg.from_email,
+            "Subject": msg.subject,
+            "Attachments": [],
+            "Status": "Sent",
+            "TrackOpens": False,
+            "TrackLinks": "None",
+            "Metadata": dict(msg.metadata),
+            "Sandboxed": False,
+        }
+        for msg in found[offset : offset + count]
+    ]
+    return json_reply(200, {"TotalCount": len(found), "Messages": page})
+
+
 # --- tracking webhooks
 
 _POSTMARK_CLIENT = {"Name": "Sandbox Mail 1.0", "Company": "Mailer", "Family": "Sandbox Mail"}

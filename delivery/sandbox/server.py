@@ -233,6 +233,13 @@ class SandboxServer:
                 return json_reply(405, {"error": "method not allowed"}, {"Allow": "POST"})
             esp, handler = route
             return self._api_call(esp, handler, headers, body)
+        if path == "/postmark/messages/outbound" and method == "GET":
+            refusal = postmark.check_auth(headers)
+            if refusal is not None:
+                return refusal
+            with self._lock:
+                stored = list(self._messages)
+            return postmark.outbound_search(query, stored)
         if path == "/_sandbox/health" and method == "GET":
             return json_reply(200, {"status": "ok"})
         if path == "/_sandbox/config":

@@ -19,12 +19,8 @@ from delivery.services.mailings import (
     message_status_apply,
     messages_erase_address,
 )
-from delivery.services.sending import (
-    ChunkResult,
-    mailing_send_chunk,
-    mailings_pump,
-    messages_reclaim_expired,
-)
+from delivery.services.reclaim import messages_reclaim_expired
+from delivery.services.sending import ChunkResult, mailing_send_chunk, mailings_pump
 from delivery.services.suppression import suppression_add, suppression_erase_address, suppression_remove
 from delivery.services.warming import providers_warming_advance, warming_cap_today, warming_start
 

@@ -5,8 +5,8 @@ worker died during its very API call":
 1. claim (one short transaction): queued -> sending with a lease;
 2. ESP calls, outside any transaction;
 3. record (one short transaction), only for rows still `sending`.
-A worker that dies between 1 and 3 leaves `sending` rows whose lease expires; messages_reclaim_expired puts
-them back in the queue.
+A worker that dies between 1 and 3 leaves `sending` rows whose lease expires; messages_reclaim_expired
+(services/reclaim.py) settles them: `sent` where the provider confirms it has the message, queued otherwise.
 """
 
 from __future__ import annotations
@@ -556,13 +556,6 @@ def messages_release_untried(*, message_ids: list[int]) -> int:
             next_attempt_at=timezone.now() + timedelta(seconds=15),
             last_error="not tried: the sending task stopped on an error",
         )
-    )
-
-
-def messages_reclaim_expired() -> int:
-    """Put `sending` rows whose worker vanished back in the queue."""
-    return Message.objects.filter(status=Message.Status.SENDING, lease_expires_at__lt=timezone.now()).update(
-        status=Message.Status.QUEUED, lease_expires_at=None, last_error="lease expired; worker lost"
     )
 
 
