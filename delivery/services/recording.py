@@ -97,7 +97,22 @@ def attempts_prepare(*, messages: list[Message], provider_id: int) -> dict[int, 
     should the worker die, every message of the group shows an attempt without an end (a superset of those
     whose call was really in flight)."""
     now = timezone.now()
-    rows = SendAttempt.objects.bulk_create(
-        [SendAttempt(message_id=message.pk, provider_id=provider_id, started_at=now) for message in messages]
+    if connection.vendor != "postgresql":
+        rows = SendAttempt.objects.bulk_create(
+            [SendAttempt(message_id=message.pk, provider_id=provider_id, started_at=now) for message in messages]
+        )
+        return {row.message_id: row for row in rows}
+    # One INSERT fed one array, its ids read back: Django's bulk_create spent a tenth of a worker's CPU compiling
+    # the same statement from model instances.
+    table = connection.ops.quote_name(SendAttempt._meta.db_table)
+    sql = (
+        f"INSERT INTO {table} (message_id, provider_id, started_at, finished_at, outcome, error, esp_message_id) "  # noqa: S608
+        "SELECT m, %s, %s, NULL, %s, '', '' FROM unnest(%s::bigint[]) AS m RETURNING id, message_id"
     )
-    return {row.message_id: row for row in rows}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [provider_id, now, SendAttempt.Outcome.IN_FLIGHT, [message.pk for message in messages]])
+        ids = cursor.fetchall()
+    return {
+        message_id: SendAttempt(id=attempt_id, message_id=message_id, provider_id=provider_id, started_at=now)
+        for attempt_id, message_id in ids
+    }
