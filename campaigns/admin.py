@@ -11,7 +11,12 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from campaigns.models import Campaign, Template
-from campaigns.selectors import campaign_message_counts
+from campaigns.selectors import (
+    campaign_hourly,
+    campaign_link_clicks,
+    campaign_message_counts,
+    campaign_numbers,
+)
 from campaigns.services import (
     audience_count,
     campaign_audience,
@@ -43,12 +48,23 @@ class CampaignAdmin(admin.ModelAdmin):
     list_filter = ["status", "lists"]
     search_fields = ["name"]
     filter_horizontal = ["lists", "exclude_lists"]
-    readonly_fields = ["status", "started_at", "finished_at", "mailing", "message_counts", "audience_size"]
+    readonly_fields = [
+        "status",
+        "started_at",
+        "finished_at",
+        "mailing",
+        "message_counts",
+        "audience_size",
+        "numbers",
+        "link_clicks",
+        "hourly_series",
+    ]
     actions = ["send_now", "schedule", "pause", "resume", "cancel"]
     fieldsets = [
         (None, {"fields": ["name", "template", "from_email", "reply_to", "provider"]}),
         ("Audience", {"fields": ["lists", "segment", "exclude_lists", "audience_size"]}),
         ("Sending", {"fields": ["status", "scheduled_at", "started_at", "finished_at", "mailing", "message_counts"]}),
+        ("Numbers", {"fields": ["numbers", "link_clicks", "hourly_series"]}),
     ]
 
     def get_readonly_fields(self, request, obj=None):
@@ -89,9 +105,16 @@ class CampaignAdmin(admin.ModelAdmin):
         except ApplicationError as exc:
             return exc.message
 
+    @staticmethod
+    def _status_counts(obj: Campaign) -> dict[str, int]:
+        """Read once per page: the status table and the numbers both use them."""
+        if not hasattr(obj, "_status_counts"):
+            obj._status_counts = campaign_message_counts(campaign=obj)  # type: ignore[attr-defined]
+        return obj._status_counts  # type: ignore[attr-defined]
+
     @admin.display(description="Messages by status")
     def message_counts(self, obj: Campaign) -> str:
-        counts = campaign_message_counts(campaign=obj)
+        counts = self._status_counts(obj)
         if not counts:
             return "Not started."
         total = sum(counts.values())
@@ -110,6 +133,71 @@ class CampaignAdmin(admin.ModelAdmin):
             "</tfoot></table>",
             rows,
             total,
+        )
+
+    @admin.display(description="Numbers")
+    def numbers(self, obj: Campaign) -> str:
+        numbers = campaign_numbers(campaign=obj, status_counts=self._status_counts(obj)) if obj.pk else None
+        if numbers is None:
+            return "Not started."
+        rates = numbers.rates
+
+        def rate(name: str) -> str:
+            value = rates[name]
+            return "–" if value is None else f"{100 * value:.1f} %"
+
+        rows: list[tuple[str, int, str, str]] = [
+            ("Sent", numbers.sent, "", ""),
+            ("Delivered", numbers.delivered, rate("delivered"), "of sent"),
+            ("Hard bounced", numbers.hard_bounced, rate("hard_bounced"), "of sent"),
+            ("Soft bounced", numbers.soft_bounced, rate("soft_bounced"), "of sent"),
+            ("Complained", numbers.complained, rate("complained"), "of delivered"),
+            ("Unsubscribed", numbers.unsubscribed, rate("unsubscribed"), "of delivered"),
+            ("Unique opens", numbers.unique_opens, rate("unique_opens"), "of delivered"),
+            ("Unique clicks", numbers.unique_clicks, rate("unique_clicks"), "of delivered"),
+            ("Click-to-open", numbers.unique_clicks, rate("click_to_open"), "of unique opens"),
+            ("All opens", numbers.opens, "", "people, not counting machine opens"),
+            ("All clicks", numbers.clicks, "", ""),
+            ("Machine opens", numbers.machine_opens, "", "privacy proxies and scanners: in no rate"),
+        ]
+        body = format_html_join(
+            "",
+            '<tr><td>{}</td><td style="text-align:right">{}</td><td style="text-align:right">{}</td><td>{}</td></tr>',
+            ((label, f"{count:,}", share, base) for label, count, share, base in rows),
+        )
+        return format_html(
+            '<table class="mailer-numbers"><thead><tr><th></th><th>Count</th><th>Rate</th><th></th></tr></thead>'
+            "<tbody>{}</tbody></table>",
+            body,
+        )
+
+    @admin.display(description="Clicks per link")
+    def link_clicks(self, obj: Campaign) -> str:
+        links = campaign_link_clicks(campaign=obj) if obj.pk else []
+        if not links:
+            return "No clicks yet."
+        body = format_html_join(
+            "", '<tr><td>{}</td><td style="text-align:right">{}</td></tr>', ((url, f"{n:,}") for url, n in links)
+        )
+        return format_html(
+            '<table class="mailer-links"><thead><tr><th>Link</th><th>Clicks</th></tr></thead><tbody>{}</tbody></table>',
+            body,
+        )
+
+    @admin.display(description="By the hour (UTC)")
+    def hourly_series(self, obj: Campaign) -> str:
+        hours = campaign_hourly(campaign=obj) if obj.pk else []
+        if not hours:
+            return "No events yet."
+        columns = ["delivered", "hard_bounced", "soft_bounced", "complained", "unique_opens", "unique_clicks"]
+        body = format_html_join(
+            "",
+            "<tr><td>{}</td>" + '<td style="text-align:right">{}</td>' * len(columns) + "</tr>",
+            ((f"{row.hour:%Y-%m-%d %H}:00", *(getattr(row, c) for c in columns)) for row in hours),
+        )
+        head = format_html_join("", "<th>{}</th>", ((c.replace("_", " ").capitalize(),) for c in columns))
+        return format_html(
+            '<table class="mailer-hourly"><thead><tr><th>Hour</th>{}</tr></thead><tbody>{}</tbody></table>', head, body
         )
 
     def _run(self, request: HttpRequest, queryset, service, done: str, **kwargs) -> None:

@@ -253,3 +253,97 @@ class DeadLetter(Message):
         proxy = True
         verbose_name = "dead letter"
         verbose_name_plural = "dead letters"
+
+
+class MailingCounters(models.Model):
+    """The numbers of a mailing that ESP events move (delivery.services.stats keeps them).
+
+    Unique opens and clicks count a message's first human open and first click; `opens` and `clicks` count every
+    one; machine opens (privacy proxies, scanners) are counted apart and in no rate. A message counts as bounced,
+    hard or soft, by the bounce that moved it to `bounced`, and as complained once. How many were sent is read
+    from the messages' statuses (delivery.selectors.message_status_counts), which the sending engine keeps.
+    """
+
+    delivered = models.PositiveIntegerField(default=0, db_default=0)
+    hard_bounced = models.PositiveIntegerField(default=0, db_default=0)
+    soft_bounced = models.PositiveIntegerField(default=0, db_default=0)
+    complained = models.PositiveIntegerField(default=0, db_default=0)
+    unsubscribed = models.PositiveIntegerField(default=0, db_default=0)
+    unique_opens = models.PositiveIntegerField(default=0, db_default=0)
+    unique_clicks = models.PositiveIntegerField(default=0, db_default=0)
+    opens = models.PositiveIntegerField(default=0, db_default=0)
+    clicks = models.PositiveIntegerField(default=0, db_default=0)
+    machine_opens = models.PositiveIntegerField(default=0, db_default=0)
+
+    COUNTERS: ClassVar[tuple[str, ...]] = (
+        "delivered",
+        "hard_bounced",
+        "soft_bounced",
+        "complained",
+        "unsubscribed",
+        "unique_opens",
+        "unique_clicks",
+        "opens",
+        "clicks",
+        "machine_opens",
+    )
+
+    class Meta:
+        abstract = True
+
+
+class MailingStats(MailingCounters):
+    """A mailing's totals: one row read by its page instead of a scan of its events."""
+
+    mailing = models.OneToOneField(Mailing, primary_key=True, on_delete=models.CASCADE, related_name="stats")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "mailing stats"
+
+    def __str__(self) -> str:
+        return f"stats of mailing {self.mailing_id}"
+
+
+class MailingHourlyStats(MailingCounters):
+    """The same numbers by the hour in which the events happened (UTC): the mailing's series."""
+
+    mailing = models.ForeignKey(Mailing, on_delete=models.CASCADE, related_name="hourly_stats", db_index=False)
+    hour = models.DateTimeField(help_text="Start of the hour, UTC.")
+
+    class Meta:
+        verbose_name_plural = "mailing hourly stats"
+        constraints = [models.UniqueConstraint(fields=["mailing", "hour"], name="mailinghourlystats_unique_hour")]
+
+    def __str__(self) -> str:
+        return f"mailing {self.mailing_id} at {self.hour:%Y-%m-%d %H}:00"
+
+
+class MailingLinkClicks(models.Model):
+    """Clicks on one link of a mailing (every human click; the links Mailer adds per recipient, such as the
+    unsubscribe link, are counted as one link each)."""
+
+    mailing = models.ForeignKey(Mailing, on_delete=models.CASCADE, related_name="link_clicks", db_index=False)
+    url = models.TextField()
+    url_hash = models.CharField(max_length=64, help_text="SHA-256 of the url: the key (a url may be long).")
+    clicks = models.PositiveIntegerField(default=0, db_default=0)
+
+    class Meta:
+        verbose_name_plural = "mailing link clicks"
+        constraints = [models.UniqueConstraint(fields=["mailing", "url_hash"], name="mailinglinkclicks_unique_url")]
+
+    def __str__(self) -> str:
+        return f"{self.url} ({self.clicks})"
+
+
+class MailingUnsubscribe(models.Model):
+    """A message whose recipient unsubscribed through it, by its link or at the ESP: counted once, however many
+    times and ways it is reported."""
+
+    message = models.OneToOneField(Message, primary_key=True, on_delete=models.CASCADE, related_name="unsubscribe")
+    mailing = models.ForeignKey(Mailing, on_delete=models.CASCADE, related_name="unsubscribes")
+    occurred_at = models.DateTimeField()
+    source = models.CharField(max_length=100, blank=True)
+
+    def __str__(self) -> str:
+        return f"unsubscribe through message {self.message_id}"

@@ -22,6 +22,8 @@ from webhooks.tests.test_webhooks import post_sendgrid
 pytestmark = pytest.mark.django_db
 
 T0 = datetime(2026, 11, 1, 12, tzinfo=UTC)
+# A person's Apple Mail; a bare "Mozilla/5.0" is Apple's privacy proxy, whose opens are not engagement.
+READER = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148"
 
 
 def test_the_score_halves_every_half_life_and_is_capped():
@@ -54,10 +56,10 @@ def test_opens_and_clicks_from_the_esp_count_once_per_message_and_raise_the_scor
     now = datetime.now(tz=UTC)
     opened_at = now - timedelta(hours=2)
 
-    _sendgrid(client, "open", first, opened_at, useragent="Mozilla/5.0")
-    _sendgrid(client, "open", first, opened_at + timedelta(minutes=5), useragent="Mozilla/5.0")  # reopened
+    _sendgrid(client, "open", first, opened_at, useragent=READER)
+    _sendgrid(client, "open", first, opened_at + timedelta(minutes=5), useragent=READER)  # reopened
     _sendgrid(client, "click", first, opened_at + timedelta(minutes=6), url="https://shop.example/a")
-    _sendgrid(client, "open", second, opened_at + timedelta(hours=1), useragent="Mozilla/5.0")
+    _sendgrid(client, "open", second, opened_at + timedelta(hours=1), useragent=READER)
     esp_events_apply()
 
     ann.refresh_from_db()
@@ -67,7 +69,7 @@ def test_opens_and_clicks_from_the_esp_count_once_per_message_and_raise_the_scor
     assert ann.engagement_score == 45  # 10 + 25 + 10, a couple of hours of decay rounds away
 
     esp_events_apply()  # nothing left to apply: nothing changes
-    _sendgrid(client, "open", first, opened_at, useragent="Mozilla/5.0")  # the very same event again
+    _sendgrid(client, "open", first, opened_at, useragent=READER)  # the very same event again
     esp_events_apply()
     ann.refresh_from_db()
     assert (ann.open_count, ann.click_count, ann.engagement_score) == (2, 1, 45)

@@ -10,12 +10,12 @@ WAITING_RETRY_SECONDS = 2
 def esp_events_apply_task() -> None:
     from django.core.cache import cache
 
-    from webhooks.services import APPLY_REQUESTED_KEY, esp_events_apply
+    from webhooks.services import APPLY_BATCH, APPLY_REQUESTED_KEY, esp_events_apply
 
     cache.delete(APPLY_REQUESTED_KEY)
     while True:
-        result = esp_events_apply(limit=1000)
-        if result.applied < 1000:
+        result = esp_events_apply(limit=APPLY_BATCH)
+        if result.applied < APPLY_BATCH:
             break
     if result.waiting:
         esp_events_apply_task.apply_async(countdown=WAITING_RETRY_SECONDS)

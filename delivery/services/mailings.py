@@ -1,7 +1,8 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from django.db import transaction
 from django.db.models import Case, CharField, F, TextField, Value, When
@@ -9,6 +10,7 @@ from django.db.models.functions import Cast, Concat
 from django.utils import timezone
 
 from core.addresses import normalize_email
+from core.bulk import rows_update
 from delivery.models import Mailing, Message, Provider
 
 # How far along a message is. A status only moves to a higher rank, so a late `delivered` never
@@ -56,29 +58,62 @@ def mailing_create(
     )
 
 
-def message_status_apply(*, message: Message, status: str, occurred_at: datetime, error: str = "") -> bool:
-    """Move a message forward to `status` and stamp when it happened. Returns whether anything changed.
+class MessageReportState(Protocol):
+    """What message_report_apply reads and changes: a Message, or a lighter object with the same fields (an
+    apply of many events reads a thousand messages at once, and model instances cost more than the apply)."""
 
-    Opens and clicks are not statuses: they only stamp their first time.
+    status: str
+    delivered_at: datetime | None
+    opened_at: datetime | None
+    clicked_at: datetime | None
+    last_error: str
+
+
+def message_report_apply(
+    message: MessageReportState, *, status: str, occurred_at: datetime, error: str = ""
+) -> list[str]:
+    """What the ESP reported about a message, applied to it in memory; returns the fields that changed.
+
+    The status only moves forward (STATUS_RANK), so a late `delivered` never overwrites a bounce. The first
+    delivery, open and click keep their time: a report of an earlier one (events arrive out of order) moves the
+    stamp back, a later one leaves it. Opens and clicks are not statuses: they only stamp. A delivery is stamped
+    whatever the status, so that a complaint applied before its delivery still leaves the delivery counted.
     """
     fields: list[str] = []
-    if status == "opened" or status == "clicked":
-        stamp = "opened_at" if status == "opened" else "clicked_at"
-        if getattr(message, stamp) is None:
+    stamp = {"opened": "opened_at", "clicked": "clicked_at", Message.Status.DELIVERED: "delivered_at"}.get(status)
+    if stamp is not None:
+        first = getattr(message, stamp)
+        if first is None or occurred_at < first:
             setattr(message, stamp, occurred_at)
             fields.append(stamp)
-    elif STATUS_RANK.get(status, -1) > STATUS_RANK.get(message.status, -1):
+    if status in ("opened", "clicked"):
+        return fields
+    if STATUS_RANK.get(status, -1) > STATUS_RANK.get(message.status, -1):
         message.status = status
         fields.append("status")
-        if status == Message.Status.DELIVERED and message.delivered_at is None:
-            message.delivered_at = occurred_at
-            fields.append("delivered_at")
         if error:
             message.last_error = error[:2000]
             fields.append("last_error")
+    return fields
+
+
+def message_status_apply(*, message: Message, status: str, occurred_at: datetime, error: str = "") -> bool:
+    """Apply one report to one message and save it (message_report_apply has the rules). Returns whether anything
+    changed."""
+    fields = message_report_apply(message, status=status, occurred_at=occurred_at, error=error)
     if fields:
         message.save(update_fields=[*fields, "updated_at"])
     return bool(fields)
+
+
+# The fields message_report_apply may change, written by messages_reports_save.
+REPORT_FIELDS = ("status", "delivered_at", "opened_at", "clicked_at", "last_error")
+
+
+def messages_reports_save(*, messages: Sequence[Any]) -> int:
+    """Write the reports applied in memory to many messages (Messages or objects with an `id` and REPORT_FIELDS):
+    one statement."""
+    return rows_update(model=Message, objects=messages, fields=REPORT_FIELDS, touch="updated_at")
 
 
 def mailing_cancel(*, mailing: Mailing) -> int:

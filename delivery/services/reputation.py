@@ -11,19 +11,32 @@ compute their own rates the same way, over the mail sent.
 Small samples: below settings.MAILER_REPUTATION_MIN_SENT messages (100 by default) the rates do not condemn a
 provider. One bounce in 20 messages is 5 % and says little; the thresholds are meant for the volumes at which
 mailbox providers and ESPs judge a sender. So the first warming days, whose caps are below that, always pass.
+
+Who reads them: routing (delivery.services.sending) leaves a provider out while its last 24 hours are above the
+thresholds (the cached figures, at most a minute old); warming (delivery.services.warming) holds a plan on the
+figures of the day before and alerts; the provider admin shows the 24-hour rates. And providers_reputation_watch,
+run after ESP events that bounce or complain are applied, raises the alert when a provider's 24-hour rates cross a
+threshold: a WARNING log line and mail to the admins, once per crossing, and an INFO line when it is back under.
+
+A bounce here is every message whose status became `bounced`, hard or soft (the status does not tell them apart):
+stricter than SES's own bounce rate, which counts hard bounces only.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.cache import cache
+from django.core.mail import mail_admins
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
-from delivery.models import Message, WarmingPlan
+from delivery.models import Message, Provider, WarmingPlan
+
+logger = logging.getLogger(__name__)
 
 # The statuses of a message whose send was recorded; later ones are what the ESP reported about it.
 SENT_STATUSES = (Message.Status.SENT, Message.Status.DELIVERED, Message.Status.BOUNCED, Message.Status.COMPLAINED)
@@ -129,3 +142,33 @@ def provider_reputation_problem(*, reputation: Reputation, plan: WarmingPlan | N
 
 def provider_reputation_ok(*, reputation: Reputation, plan: WarmingPlan | None = None) -> bool:
     return not provider_reputation_problem(reputation=reputation, plan=plan)
+
+
+# One alert per provider and crossing: the flag lives in the shared cache, so one worker alerts however many apply
+# events; it lapses after a day, so a provider that stays above its thresholds is reported again daily.
+REPUTATION_ALERT_KEY = "delivery:reputation:alert:{}"
+REPUTATION_ALERT_TTL = 24 * 3600
+
+
+def providers_reputation_watch() -> list[str]:
+    """Alert on every provider whose 24-hour bounce or complaint rate is above its threshold and was not a moment
+    ago (the figures routing uses, at most a minute old). Returns the alerts raised, one line per provider."""
+    reputations = providers_reputation_24h_cached()
+    alerts = []
+    for provider in Provider.objects.filter(pk__in=list(reputations)).select_related("warming_plan").order_by("pk"):
+        problem = provider_reputation_problem(reputation=reputations[provider.pk], plan=provider.warming_plan)
+        key = REPUTATION_ALERT_KEY.format(provider.pk)
+        if not problem:
+            if cache.get(key) is not None:
+                cache.delete(key)
+                logger.info("provider %s back within its reputation thresholds over the last 24 hours", provider.name)
+            continue
+        if not cache.add(key, problem, timeout=REPUTATION_ALERT_TTL):
+            continue  # alerted already
+        line = f"{provider.name}: {problem} over the last 24 hours; routing leaves it out until it is back under"
+        logger.warning("provider reputation alert: %s", line)
+        mail_admins(
+            subject=f"Provider {provider.name} above its reputation thresholds", message=line, fail_silently=True
+        )
+        alerts.append(line)
+    return alerts

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 from django.db import transaction
 
 from core.addresses import address_hash, normalize_email
@@ -50,3 +54,39 @@ def suppression_erase_address(*, email: str, source: str) -> tuple[Suppression, 
         suppression.detail = ""
         suppression.save(update_fields=["email", "detail"])
     return suppression, created
+
+
+@dataclass(frozen=True)
+class SuppressionRequest:
+    email: str
+    reason: str
+    source: str
+    detail: str = ""
+
+
+@transaction.atomic
+def suppressions_add(*, requests: Sequence[SuppressionRequest]) -> list[str]:
+    """suppression_add for many addresses in a few statements (applying a batch of ESP events); returns the
+    addresses newly suppressed. The same rules: the first request for an address wins, an address suppressed before
+    (or erased: found by hash) keeps its row, and its queued messages end `suppressed`."""
+    wanted: dict[str, tuple[str, SuppressionRequest]] = {}
+    for request in requests:
+        address = normalize_email(request.email)
+        wanted.setdefault(address_hash(address), (address, request))
+    if not wanted:
+        return []
+    known = set(Suppression.objects.filter(email_hash__in=list(wanted)).values_list("email_hash", flat=True))
+    new = [
+        Suppression(email=address, email_hash=key, reason=r.reason, source=r.source[:100], detail=r.detail[:2000])
+        for key, (address, r) in wanted.items()
+        if key not in known
+    ]
+    Suppression.objects.bulk_create(new, ignore_conflicts=True)  # one added meanwhile by another worker stays
+    by_reason: dict[str, list[str]] = defaultdict(list)
+    for suppression in new:
+        by_reason[suppression.reason].append(str(suppression.email))
+    for reason, addresses in by_reason.items():
+        Message.objects.filter(to_email__in=addresses, status=Message.Status.QUEUED).update(
+            status=Message.Status.SUPPRESSED, last_error=f"suppressed: {reason}"
+        )
+    return [address for addresses in by_reason.values() for address in addresses]

@@ -122,6 +122,14 @@ MAILER_MAX_BOUNCE_RATE = env.float("MAILER_MAX_BOUNCE_RATE", default=0.02)
 MAILER_MAX_COMPLAINT_RATE = env.float("MAILER_MAX_COMPLAINT_RATE", default=0.0008)
 MAILER_REPUTATION_MIN_SENT = env.int("MAILER_REPUTATION_MIN_SENT", default=100)
 
+# Applying ESP events (docs/WEBHOOKS.md, "What each event does"). A hard bounce suppresses an address at once; soft
+# bounces (mailbox full, blocked, SES Transient) suppress it once MAILER_SOFT_BOUNCE_LIMIT messages to it soft-bounced
+# within MAILER_SOFT_BOUNCE_WINDOW_DAYS. An open within MAILER_MACHINE_OPEN_SECONDS of its delivery is a machine's
+# (a scanner or a privacy proxy fetching images on arrival): kept, flagged, not counted as engagement.
+MAILER_SOFT_BOUNCE_LIMIT = env.int("MAILER_SOFT_BOUNCE_LIMIT", default=3)
+MAILER_SOFT_BOUNCE_WINDOW_DAYS = env.int("MAILER_SOFT_BOUNCE_WINDOW_DAYS", default=30)
+MAILER_MACHINE_OPEN_SECONDS = env.float("MAILER_MACHINE_OPEN_SECONDS", default=2.0)
+
 # Rate limits shared by every worker: MAILER_GLOBAL_MAX_RATE (messages/s over all providers; empty: no limit) on top
 # of each provider's own. The circuit breaker: this many retryable failures in a row open a provider's circuit,
 # which stays open for the cool-down, then lets one trial call through. All of it lives in Redis when REDIS_URL is

@@ -6,6 +6,8 @@ sends are counted once per campaign, set-wise, when the campaign finishes (engag
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import transaction
@@ -13,6 +15,7 @@ from django.db.models import Case, Exists, F, OuterRef, Q, Value, When
 from django.utils import timezone
 
 from core.addresses import normalize_email
+from core.bulk import rows_update
 from delivery.models import Message
 from subscribers.engagement import POINTS, anchor_after
 from subscribers.models import Subscriber
@@ -21,35 +24,76 @@ from subscribers.models import Subscriber
 SENT_STATUSES = (Message.Status.SENT, Message.Status.DELIVERED, Message.Status.BOUNCED, Message.Status.COMPLAINED)
 
 
+@dataclass(frozen=True)
+class EngagementEvent:
+    """An open or a click ("open" / "click") of one message, by whoever has that address."""
+
+    email: str
+    kind: str
+    occurred_at: datetime
+    is_first_for_message: bool
+
+
+_FIELDS = ("sent_since_open", "last_open_at", "last_click_at", "open_count", "click_count", "score_anchor")
+
+
+@dataclass(slots=True)
+class _Engagement:
+    """A subscriber's engagement fields, as read and written here (a batch reads thousands: no model instances)."""
+
+    id: int
+    email: str
+    sent_since_open: int
+    last_open_at: datetime | None
+    last_click_at: datetime | None
+    open_count: int
+    click_count: int
+    score_anchor: float | None
+
+
+def _engagement_apply(subscriber: _Engagement, event: EngagementEvent) -> None:
+    # Either kind shows the mail was read: a click with images blocked is still a reader.
+    subscriber.sent_since_open = 0
+    stamp = "last_open_at" if event.kind == "open" else "last_click_at"
+    latest = getattr(subscriber, stamp)
+    if latest is None or event.occurred_at > latest:
+        setattr(subscriber, stamp, event.occurred_at)
+    if event.is_first_for_message:
+        counter = "open_count" if event.kind == "open" else "click_count"
+        setattr(subscriber, counter, getattr(subscriber, counter) + 1)
+        subscriber.score_anchor = anchor_after(subscriber.score_anchor, points=POINTS[event.kind], at=event.occurred_at)
+
+
 @transaction.atomic
-def engagement_event_record(*, email: str, kind: str, occurred_at: datetime, is_first_for_message: bool) -> bool:
-    """Count an open or a click ("open" / "click") of one message by the subscriber with that address.
+def engagement_events_record(*, events: Sequence[EngagementEvent]) -> set[str]:
+    """Count opens and clicks, in the order given, for the subscribers with those addresses; returns the
+    (normalized) addresses that belong to a subscriber. Two statements, however many events.
 
     Counters and points go by message (the first open of a message counts, reopening it does not), so the
     score measures interest in what was sent rather than how often one mail was looked at; the last-open and
-    last-click stamps move to the latest event whatever its order of arrival. Returns whether a subscriber
-    was found.
+    last-click stamps move to the latest event whatever its order of arrival. Give the events in the order they
+    happened: each one's points are added to the score as it stood then.
     """
-    if kind not in POINTS:
-        raise ValueError(f"unknown engagement kind {kind!r}")
-    subscriber = Subscriber.objects.select_for_update().filter(email=normalize_email(email)).first()
-    if subscriber is None:
-        return False
-    fields = ["sent_since_open", "updated_at"]
-    # Either kind shows the mail was read: a click with images blocked is still a reader.
-    subscriber.sent_since_open = 0
-    stamp = "last_open_at" if kind == "open" else "last_click_at"
-    latest = getattr(subscriber, stamp)
-    if latest is None or occurred_at > latest:
-        setattr(subscriber, stamp, occurred_at)
-        fields.append(stamp)
-    if is_first_for_message:
-        counter = "open_count" if kind == "open" else "click_count"
-        setattr(subscriber, counter, getattr(subscriber, counter) + 1)
-        subscriber.score_anchor = anchor_after(subscriber.score_anchor, points=POINTS[kind], at=occurred_at)
-        fields += [counter, "score_anchor"]
-    subscriber.save(update_fields=fields)
-    return True
+    for event in events:
+        if event.kind not in POINTS:
+            raise ValueError(f"unknown engagement kind {event.kind!r}")
+    emails = {normalize_email(event.email) for event in events}
+    if not emails:
+        return set()
+    rows = Subscriber.objects.select_for_update().filter(email__in=emails).order_by("pk")
+    subscribers = {row[1]: _Engagement(*row) for row in rows.values_list("pk", "email", *_FIELDS)}
+    for event in events:
+        subscriber = subscribers.get(normalize_email(event.email))
+        if subscriber is not None:
+            _engagement_apply(subscriber, event)
+    rows_update(model=Subscriber, objects=list(subscribers.values()), fields=_FIELDS, touch="updated_at")
+    return set(subscribers)
+
+
+def engagement_event_record(*, email: str, kind: str, occurred_at: datetime, is_first_for_message: bool) -> bool:
+    """One open or click (engagement_events_record has the rules). Returns whether a subscriber was found."""
+    event = EngagementEvent(email=email, kind=kind, occurred_at=occurred_at, is_first_for_message=is_first_for_message)
+    return bool(engagement_events_record(events=[event]))
 
 
 def engagement_sent_record(*, mailing_id: int) -> int:

@@ -11,6 +11,7 @@ from core.addresses import email_clean, normalize_email
 from delivery.models import Message, Suppression
 from delivery.selectors import suppression_is_erased
 from delivery.services import suppression_add
+from delivery.services.stats import Unsubscribe, message_unsubscribes_record
 from delivery.unsubscribe import unsubscribe_token_read
 from subscribers.exceptions import AddressErased, UnsubscribeLinkInvalid
 from subscribers.models import MailingList, Subscriber, Subscription
@@ -110,6 +111,9 @@ def unsubscribe_by_link(*, token: str) -> Message:
     elif not list_ids:
         # Not a subscriber (a one-off mailing): make sure that address hears from us no more.
         suppression_add(email=message.to_email, reason=Suppression.Reason.UNSUBSCRIBE, source="unsubscribe-link")
+    # The mailing's `unsubscribed` number: once per message, whether the link, the ESP or both report it.
+    unsubscribe = Unsubscribe(message.pk, message.mailing_id, timezone.now(), "unsubscribe-link")
+    message_unsubscribes_record(unsubscribes=[unsubscribe])
     return message
 
 
@@ -125,3 +129,21 @@ def subscriber_clean(*, email: str, reason: str) -> bool:
         subscriber.status = Subscriber.Status.CLEANED
         subscriber.save(update_fields=["status", "updated_at"])
     return True
+
+
+@transaction.atomic
+def subscribers_clean(*, reasons: dict[str, str]) -> int:
+    """subscriber_clean for many addresses ({address: reason}) in two statements, as applying a batch of ESP
+    events needs it; the same end state. Returns the number of subscribers newly cleaned."""
+    addresses = {normalize_email(email): reason for email, reason in reasons.items()}
+    now = timezone.now()
+    complained = [address for address, reason in addresses.items() if reason == Suppression.Reason.COMPLAINT]
+    if complained:
+        Subscription.objects.filter(subscriber__email__in=complained).exclude(
+            status=Subscription.Status.UNSUBSCRIBED
+        ).update(status=Subscription.Status.UNSUBSCRIBED, unsubscribed_at=now, source="complaint", updated_at=now)
+    return (
+        Subscriber.objects.filter(email__in=list(addresses))
+        .exclude(status=Subscriber.Status.CLEANED)
+        .update(status=Subscriber.Status.CLEANED, updated_at=now)
+    )
