@@ -11,7 +11,7 @@ What it does, in one process, against DATABASE_URL (var/bench.sqlite3 if unset):
    SendGrid's `sg_machine_open`, Apple's privacy proxy elsewhere), a second open for a quarter of the openers,
    clicks on one of three links for 5 %; 2 % of the events posted twice as they were (the same dedupe key) and
    0.5 % of SendGrid deliveries reported again under a new `sg_event_id` (a new key: counted once all the same).
-3. Parses each with anymail's own tracking view for that ESP and stores it with `esp_event_record` (the
+3. Parses each with anymail's own tracking view for that ESP and stores it with the inbox's `esp_event_add` (the
    "apply soon" task request is switched off: nothing is applied behind the bench's back).
 4. Baseline 1, same run: the apply this replaced — one event at a time with the single-item services — on the
    first --sample events, rolled back.
@@ -58,8 +58,9 @@ from delivery.services.suppression import suppression_add  # noqa: E402
 from subscribers.models import MailingList, Subscriber, Subscription  # noqa: E402
 from subscribers.services import subscriber_clean  # noqa: E402
 from subscribers.services.engagement import engagement_event_record  # noqa: E402
+from webhooks.inbox import esp_event_add  # noqa: E402
 from webhooks.models import EspEvent  # noqa: E402
-from webhooks.services import APPLY_BATCH, esp_event_record, esp_events_apply  # noqa: E402
+from webhooks.services import APPLY_BATCH, esp_events_apply  # noqa: E402
 
 MAILING_NAME = "bench-apply-events"
 ADDRESS = "apply-{}@bench.example"
@@ -334,7 +335,7 @@ def events_store(events: list[tuple[str, AnymailTrackingEvent]], chunk: int = 10
     for first in range(0, len(events), chunk):
         with transaction.atomic():
             for esp, event in events[first : first + chunk]:
-                esp_event_record(esp=esp, event=event)
+                esp_event_add(esp=esp, event=event)
     return time.perf_counter() - started
 
 

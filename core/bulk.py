@@ -84,10 +84,18 @@ def _converter(field: Field) -> Callable[[Any], Any]:
     return lambda value: field.get_db_prep_save(value, connection)
 
 
-def rows_update(*, model: type[Model], objects: Sequence[Any], fields: Sequence[str], touch: str = "") -> int:
+def rows_update(
+    *,
+    model: type[Model],
+    objects: Sequence[Any],
+    fields: Sequence[str],
+    touch: str = "",
+    only_where: tuple[str, Any] | None = None,
+) -> int:
     """Write each object's `fields` to its row (matched on the primary key). The objects are instances of `model`,
     or any objects with its fields' attribute names (`id`, `mailing_id` ...). `touch`: a DateTimeField set to now on
-    every row written (e.g. "updated_at"). Returns the number of rows matched."""
+    every row written (e.g. "updated_at"). `only_where`: (field, value) a row must still have to be written (e.g.
+    only rows still `sending`). Returns the number of rows matched."""
     if not objects:
         return 0
     meta = model._meta
@@ -110,6 +118,11 @@ def rows_update(*, model: type[Model], objects: Sequence[Any], fields: Sequence[
         assignments.append(f"{quote(str(touched.column))} = {'%b' if connection.vendor == 'postgresql' else '%s'}")
         extra.append(connection.ops.adapt_datetimefield_value(timezone.now()))
     where = f"{table}.{quote(str(pk.column))} = v.c0"
+    where_params: list[Any] = []
+    if only_where is not None:
+        guard = cast(Field, meta.get_field(only_where[0]))
+        where += f" AND {table}.{quote(str(guard.column))} = {'%b' if connection.vendor == 'postgresql' else '%s'}"
+        where_params.append(_converter(guard)(only_where[1]))
     if connection.vendor == "postgresql":
         arrays = ", ".join(f"%b::{field.db_type(connection)}[]" for field in targets)
         with _binary_cursor() as cursor:
@@ -117,7 +130,7 @@ def rows_update(*, model: type[Model], objects: Sequence[Any], fields: Sequence[
             cursor.execute(
                 f"UPDATE {table} SET {', '.join(assignments)} "  # noqa: S608
                 f"FROM unnest({arrays}) AS v ({', '.join(names)}) WHERE {where}",
-                [*extra, *columns],  # the SET clause's parameter comes first in the text
+                [*extra, *columns, *where_params],  # in the order of the text: SET, FROM, WHERE
             )
             return int(cursor.rowcount)
     with connection.cursor() as cursor:
@@ -130,7 +143,7 @@ def rows_update(*, model: type[Model], objects: Sequence[Any], fields: Sequence[
             cursor.execute(
                 f"WITH v ({', '.join(names)}) AS (VALUES {', '.join([placeholder] * len(chunk))}) "  # noqa: S608
                 f"UPDATE {table} SET {', '.join(assignments)} FROM v WHERE {where}",
-                [value for row in chunk for value in row] + extra,
+                [value for row in chunk for value in row] + extra + where_params,
             )
             matched += cursor.rowcount
         return matched

@@ -11,7 +11,6 @@ skipped once applied_at is set. docs/WEBHOOKS.md ("What each event does") lists 
 
 from __future__ import annotations
 
-import json
 import logging
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
@@ -19,7 +18,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
-from anymail.signals import AnymailTrackingEvent
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connection, transaction
@@ -36,59 +34,11 @@ from subscribers.models import Subscriber
 from subscribers.services import subscriber_unsubscribe
 from subscribers.services.engagement import EngagementEvent, engagement_events_record
 from subscribers.services.subscriptions import subscribers_clean
-from webhooks.classification import Effect, dedupe_key, event_effect, is_hard_bounce, is_machine_open
+from webhooks.classification import Effect, event_effect, is_machine_open
 from webhooks.models import EspEvent
 from webhooks.privacy import esp_events_erase
 
 logger = logging.getLogger(__name__)
-
-PAYLOAD_MAX_BYTES = 16_384
-
-
-def _payload(esp_event: Any) -> dict[str, Any]:
-    try:
-        text = json.dumps(esp_event, default=str)
-    except (TypeError, ValueError):
-        text = json.dumps(str(esp_event))
-    if len(text) > PAYLOAD_MAX_BYTES:
-        return {"truncated": True, "head": text[:PAYLOAD_MAX_BYTES]}
-    value = json.loads(text)
-    return value if isinstance(value, dict) else {"value": value}
-
-
-def _int_or_none(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def esp_event_record(*, esp: str, event: AnymailTrackingEvent) -> None:
-    """Store one tracking event; the same event stored twice is kept once (the insert skips a known key)."""
-    esp_event = event.esp_event if isinstance(event.esp_event, dict) else {}
-    occurred_at = event.timestamp or timezone.now()
-    recipient = (event.recipient or "").strip().lower()
-    metadata = event.metadata or {}
-    row = EspEvent(
-        esp=esp,
-        dedupe_key=dedupe_key(
-            esp, event.event_id, event.event_type, recipient, event.message_id, occurred_at.isoformat(), esp_event
-        ),
-        event_type=event.event_type or "unknown",
-        recipient=recipient[:254],
-        esp_message_id=str(event.message_id or "")[:255],
-        mailer_message_id=_int_or_none(metadata.get("mailer_msg")),
-        is_hard_bounce=is_hard_bounce(esp, event.event_type, esp_event, event.reject_reason),
-        occurred_at=occurred_at,
-        description=(event.description or "")[:2000],
-        mta_response=(event.mta_response or "")[:2000],
-        click_url=(event.click_url or "")[:2000],
-        user_agent=(event.user_agent or "")[:1000],
-        payload=_payload(event.esp_event),
-    )
-    EspEvent.objects.bulk_create([row], ignore_conflicts=True)
-    transaction.on_commit(esp_events_apply_soon)
-
 
 APPLY_REQUESTED_KEY = "webhooks:apply-requested"
 # Should the queued task be lost, the flag lapses after this long; beat's periodic apply covers the gap.

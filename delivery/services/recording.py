@@ -2,86 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.db import connection, transaction
 from django.utils import timezone
 
+from core.bulk import rows_update
 from delivery.models import Message, SendAttempt
 
-# The PostgreSQL type of each column, for the arrays it is sent as.
-_PG_TYPES = {"id": "bigint", "provider_id": "bigint", "attempts": "integer", "next_attempt_at": "timestamptz",
-             "sent_at": "timestamptz", "started_at": "timestamptz", "finished_at": "timestamptz", "status": "text",
-             "esp_message_id": "text", "last_error": "text", "outcome": "text", "error": "text"}  # fmt: skip
-_MESSAGE_COLUMNS = ("id", "status", "provider_id", "esp_message_id", "attempts", "last_error", "next_attempt_at",
-                    "sent_at")  # fmt: skip
-_ATTEMPT_COLUMNS = ("id", "started_at", "finished_at", "outcome", "error", "esp_message_id")
-
-
-def _values_update(
-    cursor: Any,
-    table: str,
-    columns: tuple[str, ...],
-    rows: list[list[Any]],
-    *,
-    extra_set: str = "",
-    where: str = "",
-    set_params: list[Any] | None = None,
-    where_params: list[Any] | None = None,
-) -> None:
-    """One UPDATE for many rows, matched on the first column (the id). `extra_set` and `where` are SQL of ours;
-    their values come in `set_params` and `where_params`.
-
-    On PostgreSQL the rows travel as one array per column (`unnest`): the statement text is the same whatever
-    the number of rows, so the driver does not parse thousands of placeholders each time. SQLite gets a VALUES
-    list. Django's bulk_update builds a CASE per field and row, whose Python cost exceeded the ESP calls.
-    """
-    quoted = connection.ops.quote_name(table)
-    names = ", ".join(columns)
-    assignments = ", ".join(f"{name} = v.{name}" for name in columns[1:])
-    if connection.vendor == "postgresql":
-        arrays = ", ".join(f"%s::{_PG_TYPES[name]}[]" for name in columns)
-        prefix, source = "", f"unnest({arrays}) AS v ({names})"
-        values: list[Any] = [list(column) for column in zip(*rows, strict=True)]
-        params = [*(set_params or []), *values, *(where_params or [])]
-    else:
-        placeholders = "(" + ", ".join(["%s"] * len(columns)) + ")"
-        prefix, source = f"WITH v ({names}) AS (VALUES {', '.join([placeholders] * len(rows))}) ", "v"
-        values = [value for row in rows for value in row]
-        params = [*values, *(set_params or []), *(where_params or [])]
-    # Names are ours, values are parameters.
-    sql = f"{prefix}UPDATE {quoted} SET {assignments}{extra_set} FROM {source} WHERE {quoted}.id = v.id{where}"  # noqa: S608
-    cursor.execute(sql, params)
+_MESSAGE_FIELDS = ("status", "provider", "esp_message_id", "attempts", "last_error", "next_attempt_at", "sent_at",
+                   "lease_expires_at")  # fmt: skip
+_ATTEMPT_FIELDS = ("started_at", "finished_at", "outcome", "error", "esp_message_id")
 
 
 def messages_record(messages: list[Message], attempts: list[SendAttempt] | None = None) -> None:
     """Write outcomes back, only over rows this worker still holds (`sending`), and their attempts: two
-    statements in one transaction."""
+    statements in one transaction (core.bulk: an array per column on PostgreSQL, so the statement text does not
+    grow with the chunk)."""
     if not messages:
         return
-    adapt = connection.ops.adapt_datetimefield_value
-    message_rows = [
-        [m.pk, m.status, m.provider_id, m.esp_message_id, m.attempts, m.last_error, adapt(m.next_attempt_at),
-         adapt(m.sent_at)]
-        for m in messages
-    ]  # fmt: skip
-    attempt_rows = [
-        [a.pk, adapt(a.started_at), adapt(a.finished_at), a.outcome, a.error, a.esp_message_id] for a in attempts or []
-    ]
-    messages_table = connection.ops.quote_name(Message._meta.db_table)
-    with transaction.atomic(), connection.cursor() as cursor:
-        _values_update(
-            cursor,
-            Message._meta.db_table,
-            _MESSAGE_COLUMNS,
-            message_rows,
-            extra_set=", lease_expires_at = NULL, updated_at = %s",
-            where=f" AND {messages_table}.status = %s",
-            set_params=[adapt(timezone.now())],
-            where_params=[Message.Status.SENDING],
-        )
-        if attempt_rows:
-            _values_update(cursor, SendAttempt._meta.db_table, _ATTEMPT_COLUMNS, attempt_rows)
+    for message in messages:
+        message.lease_expires_at = None
+    with transaction.atomic():
+        rows_update(model=Message, objects=messages, fields=_MESSAGE_FIELDS, touch="updated_at",
+                    only_where=("status", Message.Status.SENDING))  # fmt: skip
+        if attempts:
+            rows_update(model=SendAttempt, objects=attempts, fields=_ATTEMPT_FIELDS)
 
 
 def attempt_finish(attempt: SendAttempt, *, outcome: str, error: str = "", esp_message_id: str = "") -> None:
